@@ -1,0 +1,5 @@
+//! Sans-IO protocol cores. Each takes bytes and the current time and returns bytes to
+//! send, the next time it wants to be woken, and events. None owns a socket, a thread
+//! or a clock.
+
+pub mod openvpn;
