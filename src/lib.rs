@@ -15,3 +15,4 @@ pub mod pki;
 pub mod pool;
 pub mod profile;
 pub mod proto;
+pub mod serve;

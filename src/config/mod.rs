@@ -2,19 +2,39 @@
 //! refuses a bad file with its path, line and reason before anything starts.
 //!
 //! Every key is documented in README.md ("Configuration reference").
+//!
+//! Loading happens in three passes over the text, each able to name the line at fault:
+//! 1. TOML syntax and unknown keys (with a "did you mean"), from the parser's spans;
+//! 2. types (serde), from the span toml attaches to the failing value;
+//! 3. semantic rules ([`Config::validate`]), located through the [`Provenance`] kept in
+//!    the loaded `Config`: the line and column of every key the file set.
+//!
+//! Whether the files the configuration names exist is a separate step,
+//! [`Config::check_files`], because `pki init` loads a configuration before its files exist.
 
+mod files;
+mod render;
+mod source;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::AeadAlgorithm;
 
+pub use source::Provenance;
+pub use validate::parse_thumbprint;
+
 /// Where the gateway keeps its state (PKI, revocations) when the config does not say.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/p2sgw";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub gateway: GatewayConfig,
@@ -23,6 +43,10 @@ pub struct Config {
     pub pki: PkiConfig,
     pub openvpn: OpenVpnConfig,
     pub dataplane: DataplaneConfig,
+    /// Where each key was written; empty for a configuration built in code. Not part of
+    /// the configuration itself: it never affects equality and is never serialized.
+    #[serde(skip)]
+    provenance: Provenance,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +83,7 @@ pub struct NetworkConfig {
     pub dns_search: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PkiConfig {
     /// PKI directory made by `p2sgw pki init`. Default: `<state_dir>/pki`.
@@ -109,19 +133,6 @@ pub struct DataplaneConfig {
     pub tun_name: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            gateway: GatewayConfig::default(),
-            listen: ListenConfig::default(),
-            network: NetworkConfig::default(),
-            pki: PkiConfig::default(),
-            openvpn: OpenVpnConfig::default(),
-            dataplane: DataplaneConfig::default(),
-        }
-    }
-}
-
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig { name: None, state_dir: PathBuf::from(DEFAULT_STATE_DIR) }
@@ -145,20 +156,6 @@ impl Default for NetworkConfig {
             full_tunnel: false,
             dns_servers: Vec::new(),
             dns_search: Vec::new(),
-        }
-    }
-}
-
-impl Default for PkiConfig {
-    fn default() -> Self {
-        PkiConfig {
-            dir: None,
-            server_cert: None,
-            server_key: None,
-            trusted_roots: Vec::new(),
-            crl_files: Vec::new(),
-            revoked_thumbprints: Vec::new(),
-            tls_crypt_key: None,
         }
     }
 }
@@ -187,7 +184,112 @@ impl Default for DataplaneConfig {
     }
 }
 
+/// A configuration problem, located where the operator has to fix it.
+///
+/// `line` and `column` are 1-based; both are 0 when the problem concerns the file as a
+/// whole (it cannot be read, or a default value that no line of it sets is at fault).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(file: &Path, location: Option<Location>, message: String) -> ConfigError {
+        let Location { line, column } = location.unwrap_or(Location { line: 0, column: 0 });
+        ConfigError { file: file.to_path_buf(), line, column, message }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A 1-based position in a configuration file (columns count characters, not bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// The name used in errors about a configuration that was not read from a file.
+const BUILT_IN_ORIGIN: &str = "<built-in configuration>";
+
 impl Config {
+    /// Reads, parses and validates the configuration file at `path`.
+    ///
+    /// Does not look at the files the configuration names; see [`Config::check_files`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ConfigError::at(path, None, format!("cannot read the configuration file: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid_len = e.utf8_error().valid_up_to();
+            let valid_prefix = String::from_utf8_lossy(&e.as_bytes()[..valid_len]);
+            let location = source::location_of(&valid_prefix, valid_len);
+            ConfigError::at(path, Some(location), "the file is not valid UTF-8 text".to_string())
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates configuration text; `origin` is the file name errors carry.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config = source::parse(text, origin)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the semantic rules (address plan, timers, names...). [`Config::load`] and
+    /// [`Config::from_toml_str`] already do; call it again after changing a `Config` in code.
+    /// The error points at the offending key when the configuration came from a file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.first_problem(validate::violations(self))
+    }
+
+    /// Checks that every file the gateway will read at start-up exists and is readable:
+    /// server certificate and key, trusted roots, configured CRLs, the tls-crypt key when
+    /// tls-crypt is on, and `<pki dir>/crl.pem` / `revoked.txt` when they exist. Contents
+    /// are not parsed here (that is the PKI loader's job). `check-config` and `serve` run
+    /// this; `pki init`, which creates these files, does not.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        self.first_problem(files::problems(self))
+    }
+
+    /// Where this configuration was read from, and where each of its keys was written.
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+
+    /// Turns problems into the one error to show: the first in file order, so that fixing
+    /// errors top to bottom converges. Problems with no line (defaults at fault) come last.
+    fn first_problem(&self, problems: Vec<Problem>) -> Result<(), ConfigError> {
+        let file = self.provenance.file().unwrap_or(Path::new(BUILT_IN_ORIGIN));
+        let located = problems.into_iter().map(|problem| {
+            let location = self.provenance.locate(&problem.keys);
+            ConfigError::at(file, location, problem.message)
+        });
+        match located.min_by_key(|e| (e.line == 0, e.line, e.column)) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// The effective configuration as TOML: every key with the value in force, defaults
+    /// included. Keys left unset (no TOML value means "unset") are shown commented out with
+    /// the value the gateway derives for them; parsing the output gives back an equal `Config`.
+    pub fn to_toml_string(&self) -> String {
+        render::effective_toml(self)
+    }
+
     /// The PKI directory: `[pki] dir`, or `<state_dir>/pki`.
     pub fn pki_dir(&self) -> PathBuf {
         self.pki.dir.clone().unwrap_or_else(|| self.gateway.state_dir.join("pki"))
@@ -238,6 +340,25 @@ impl Config {
     pub fn gateway_tunnel_address(&self) -> Ipv4Addr {
         let net = u32::from(self.network.pool.network());
         Ipv4Addr::from(net + 1)
+    }
+}
+
+/// A rule a configuration breaks, with the keys to blame, most specific first
+/// (e.g. `network.routes[2]`, then `network.routes`). The section of the first key is the
+/// fallback location when none of them was written in the file.
+struct Problem {
+    keys: Vec<String>,
+    message: String,
+}
+
+impl Problem {
+    fn new(keys: &[&str], message: String) -> Problem {
+        Problem { keys: keys.iter().map(|k| k.to_string()).collect(), message }
+    }
+
+    /// A problem with the `index`-th element of the array at `key`.
+    fn element(key: &str, index: usize, message: String) -> Problem {
+        Problem { keys: vec![format!("{key}[{index}]"), key.to_string()], message }
     }
 }
 

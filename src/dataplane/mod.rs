@@ -1,0 +1,186 @@
+//! The data plane: one pinned worker thread per core. Each owns an io_uring ring, its
+//! own sockets in the SO_REUSEPORT groups of every listen address, and one queue of the
+//! multi-queue TUN device. Workers drive the sans-IO protocol cores and never block:
+//! authentication decisions come from the control plane by message.
+
+pub mod buffers;
+pub mod counters;
+pub mod sys;
+pub mod table;
+pub mod tcp;
+pub mod tun;
+mod worker;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_queue::{ArrayQueue, SegQueue};
+
+use crate::proto::openvpn::session::{AuthDecision, AuthRequest, CloseReason, ServerSettings};
+use crate::proto::openvpn::tls_crypt::TlsCrypt;
+use counters::WorkerCounters;
+use table::SessionTable;
+
+/// Settings a reload may change; workers read them at each use.
+pub struct Settings {
+    pub openvpn: Arc<ServerSettings>,
+    /// Send a keepalive ping after this long without sending anything.
+    pub ping_interval: Duration,
+    /// Drop a session after this long without hearing from its client.
+    pub ping_timeout: Duration,
+}
+
+/// Identifies a worker-local session across messages (slot and generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocalHandle {
+    pub worker: usize,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// From workers to the control plane.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// A client finished its handshake: decide, and answer with
+    /// [`WorkerCommand::AuthResult`].
+    Authenticate { handle: LocalHandle, peer: SocketAddr, transport: &'static str, request: Box<AuthRequest> },
+    /// A session ended. `peer_id`/`address` are set when it held a grant.
+    Closed { handle: LocalHandle, peer: SocketAddr, peer_id: Option<u32>, address: Option<Ipv4Addr>, reason: CloseReason },
+}
+
+/// From the control plane to one worker.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    AuthResult { handle: LocalHandle, decision: AuthDecision },
+    /// Ends a session; `notice` is sent to the client first (e.g. "RESTART",
+    /// "AUTH_FAILED,certificate revoked").
+    Close { peer_id: u32, reason: String, notice: Option<String> },
+    /// Tell every client to reconnect elsewhere, then stop.
+    Shutdown,
+}
+
+/// A packet from the TUN for a session owned by another worker (TCP sessions).
+pub struct Handoff {
+    pub peer_id: u32,
+    pub len: u16,
+    pub data: [u8; buffers::BUF_SIZE],
+}
+
+/// A worker's mailbox: commands, handed-off packets, and the eventfd that wakes it.
+pub struct Inbox {
+    commands: SegQueue<WorkerCommand>,
+    packets: ArrayQueue<Box<Handoff>>,
+    /// Boxes for handoffs, recycled so that a handoff does not allocate.
+    spare: ArrayQueue<Box<Handoff>>,
+    wake: OwnedFd,
+}
+
+const HANDOFF_QUEUE: usize = 1024;
+
+impl Inbox {
+    pub fn new() -> std::io::Result<Self> {
+        let spare = ArrayQueue::new(HANDOFF_QUEUE);
+        for _ in 0..HANDOFF_QUEUE {
+            let _ = spare.push(Box::new(Handoff { peer_id: 0, len: 0, data: [0; buffers::BUF_SIZE] }));
+        }
+        Ok(Inbox { commands: SegQueue::new(), packets: ArrayQueue::new(HANDOFF_QUEUE), spare, wake: sys::eventfd()? })
+    }
+
+    pub fn send(&self, cmd: WorkerCommand) {
+        self.commands.push(cmd);
+        sys::eventfd_signal(self.wake.as_raw_fd());
+    }
+
+    /// Queues a packet for this worker; false when it is overloaded.
+    fn hand_off(&self, peer_id: u32, packet: &[u8]) -> bool {
+        let Some(mut h) = self.spare.pop() else { return false };
+        h.peer_id = peer_id;
+        h.len = packet.len() as u16;
+        h.data[..packet.len()].copy_from_slice(packet);
+        match self.packets.push(h) {
+            Ok(()) => {
+                // One wake-up per burst: the worker drains the queue until it is empty.
+                if self.packets.len() == 1 {
+                    sys::eventfd_signal(self.wake.as_raw_fd());
+                }
+                true
+            }
+            Err(h) => {
+                let _ = self.spare.push(h);
+                false
+            }
+        }
+    }
+}
+
+/// State shared by all workers and the control plane.
+pub struct Shared {
+    pub table: SessionTable,
+    pub settings: ArcSwap<Settings>,
+    pub tls_crypt: Option<Arc<TlsCrypt>>,
+    pub inboxes: Vec<Arc<Inbox>>,
+    pub counters: Vec<WorkerCounters>,
+    pub to_control: tokio::sync::mpsc::UnboundedSender<ControlEvent>,
+    /// Zero of the data plane's coarse clock (whole seconds since start).
+    pub epoch: Instant,
+}
+
+impl Shared {
+    pub fn secs(&self, now: Instant) -> u64 {
+        now.duration_since(self.epoch).as_secs()
+    }
+}
+
+/// What each worker is given at start.
+pub struct WorkerIo {
+    pub udp: Vec<OwnedFd>,
+    pub tcp: Vec<OwnedFd>,
+    pub tun: OwnedFd,
+}
+
+pub struct Dataplane {
+    pub shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Starts one worker per entry of `io`, pinned to `cpus[i]` when given.
+    pub fn start(shared: Arc<Shared>, io: Vec<WorkerIo>, cpus: &[usize]) -> std::io::Result<Dataplane> {
+        let mut threads = Vec::new();
+        for (index, io) in io.into_iter().enumerate() {
+            let shared = shared.clone();
+            let cpu = cpus.get(index).copied();
+            let t = std::thread::Builder::new().name(format!("p2sgw-worker-{index}")).spawn(move || {
+                if let Some(cpu) = cpu {
+                    if let Err(e) = sys::pin_to_cpu(cpu) {
+                        tracing::warn!(worker = index, cpu, error = %e, "cannot pin worker to its CPU");
+                    }
+                }
+                match worker::Worker::new(index, shared, io) {
+                    Ok(mut w) => {
+                        if let Err(e) = w.run() {
+                            tracing::error!(worker = index, error = %e, "worker stopped");
+                        }
+                    }
+                    Err(e) => tracing::error!(worker = index, error = %e, "worker failed to start"),
+                }
+            })?;
+            threads.push(t);
+        }
+        Ok(Dataplane { shared, threads })
+    }
+
+    /// Asks every worker to notify its clients and stop, and waits for them.
+    pub fn shutdown(self) {
+        for inbox in &self.shared.inboxes {
+            inbox.send(WorkerCommand::Shutdown);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -305,6 +305,7 @@ impl ServerSession {
             ks.chan.flush_tls();
         }
         self.check_activation(now);
+        self.finish_closing(now);
         Ok(())
     }
 
@@ -618,7 +619,21 @@ impl ServerSession {
         }
     }
 
+    /// Ends a closing session once its last message is acknowledged or its linger
+    /// time is up; true if the session is closed.
+    fn finish_closing(&mut self, now: Instant) -> bool {
+        if let Some((deadline, _)) = &self.closing {
+            if *deadline <= now || self.keys.iter().all(|k| k.chan.reliable.all_acked()) {
+                let (_, reason) = self.closing.take().expect("checked above");
+                self.close_now(reason);
+            }
+        }
+        self.closed
+    }
+
     fn close_now(&mut self, reason: CloseReason) {
+        // A session already closing keeps the reason it was closed for.
+        let reason = self.closing.take().map_or(reason, |(_, r)| r);
         if !self.closed {
             self.closed = true;
             self.events.push_back(Event::Closed(reason));
@@ -685,13 +700,8 @@ impl ServerSession {
         if self.closed {
             return;
         }
-        if let Some((deadline, _)) = &self.closing {
-            let acked = self.keys.iter().all(|k| k.chan.reliable.all_acked());
-            if *deadline <= now || acked {
-                let (_, reason) = self.closing.take().expect("checked above");
-                self.close_now(reason);
-                return;
-            }
+        if self.finish_closing(now) {
+            return;
         }
         let window = self.settings.handshake_window;
         if let Some(stuck) = self.keys.iter().position(|k| k.phase != Phase::Established && k.chan.started + window <= now) {

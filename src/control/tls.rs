@@ -1,0 +1,39 @@
+//! The TLS configuration of the OpenVPN control channel, rebuilt whenever the trust
+//! material changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::pki::{ServerIdentity, TrustStore};
+use crate::proto::openvpn::reliable::Timing;
+use crate::proto::openvpn::session::ServerSettings;
+
+/// TLS 1.2 and 1.3 with a mandatory client certificate checked against the trusted
+/// roots, CRLs and revoked thumbprints. No session tickets or resumption: OpenVPN
+/// clients do a full handshake every time.
+pub fn server_config(trust: &TrustStore, identity: &ServerIdentity) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS versions")?
+        .with_client_cert_verifier(trust.client_verifier()?)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .context("the server certificate and key cannot be used for TLS")?;
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(cfg)
+}
+
+pub fn openvpn_settings(config: &Config, trust: &TrustStore, identity: &ServerIdentity) -> anyhow::Result<Arc<ServerSettings>> {
+    let o = &config.openvpn;
+    Ok(Arc::new(ServerSettings {
+        tls: Arc::new(server_config(trust, identity)?),
+        data_ciphers: o.data_ciphers.clone(),
+        reneg_interval: (o.reneg_secs > 0).then(|| Duration::from_secs(o.reneg_secs.into())),
+        handshake_window: Duration::from_secs(o.handshake_window_secs.into()),
+        reliable: Timing::default(),
+    }))
+}

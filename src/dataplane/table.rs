@@ -1,0 +1,198 @@
+//! The session table every worker reads without locks: sessions by tunnel address
+//! (for packets read from the TUN) and by peer-id.
+//!
+//! A session is owned by one worker (the one whose socket its client's packets reach),
+//! but any worker may read a packet for it from its own TUN queue: IFF_MULTI_QUEUE picks
+//! the queue by flow hash, not by owner. For UDP clients that worker seals the packet
+//! itself with the session's shared keys (their packet-id counter is atomic) and sends
+//! it from its own socket in the same SO_REUSEPORT group. TCP streams cannot be written
+//! by two threads, so those packets are handed to the owner.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::proto::openvpn::data::DataKey;
+
+/// How a session's packets reach its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Over UDP, from the socket for listen address `listener` (any worker's).
+    Udp { listener: usize, peer: SocketAddr },
+    /// Over a TCP connection owned by the session's worker.
+    Tcp { peer: SocketAddr },
+}
+
+impl Transport {
+    pub fn peer(&self) -> SocketAddr {
+        match self {
+            Transport::Udp { peer, .. } | Transport::Tcp { peer } => *peer,
+        }
+    }
+}
+
+/// Data-channel keys of a session: the one to send with, and those accepted on
+/// receive, by key id.
+#[derive(Default)]
+pub struct KeySet {
+    pub send: Option<Arc<DataKey>>,
+    pub recv: [Option<Arc<DataKey>>; 8],
+}
+
+/// Traffic counters, updated by whichever worker moves the packet.
+#[derive(Default)]
+pub struct SessionStats {
+    pub rx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    /// Coarse clock (data-plane seconds) of the last packet each way.
+    pub last_rx: AtomicU64,
+    pub last_tx: AtomicU64,
+}
+
+impl SessionStats {
+    pub fn received(&self, bytes: usize, now_secs: u64) {
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        // Skip the store when unchanged: the cache line stays shared between workers.
+        if self.last_rx.load(Ordering::Relaxed) != now_secs {
+            self.last_rx.store(now_secs, Ordering::Relaxed);
+        }
+    }
+
+    pub fn sent(&self, bytes: usize, now_secs: u64) {
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        if self.last_tx.load(Ordering::Relaxed) != now_secs {
+            self.last_tx.store(now_secs, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What every worker may know about an established session.
+pub struct SessionShared {
+    pub peer_id: u32,
+    pub address: Ipv4Addr,
+    pub owner: usize,
+    pub transport: Transport,
+    /// Whether the client takes P_DATA_V2 (with the peer-id) or P_DATA_V1.
+    pub data_v2: bool,
+    pub keys: ArcSwap<KeySet>,
+    pub stats: SessionStats,
+}
+
+impl SessionShared {
+    pub fn new(peer_id: u32, address: Ipv4Addr, owner: usize, transport: Transport, data_v2: bool) -> Self {
+        SessionShared {
+            peer_id,
+            address,
+            owner,
+            transport,
+            data_v2,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            stats: SessionStats::default(),
+        }
+    }
+}
+
+pub struct SessionTable {
+    by_peer_id: Box<[ArcSwapOption<SessionShared>]>,
+    by_address: papaya::HashMap<Ipv4Addr, Arc<SessionShared>>,
+}
+
+impl SessionTable {
+    /// A table for peer-ids `0..capacity`.
+    pub fn new(capacity: usize) -> Self {
+        SessionTable {
+            by_peer_id: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
+            by_address: papaya::HashMap::new(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.by_peer_id.len()
+    }
+
+    /// Publishes a session (replacing whatever held its address or peer-id).
+    pub fn insert(&self, s: Arc<SessionShared>) {
+        if let Some(slot) = self.by_peer_id.get(s.peer_id as usize) {
+            slot.store(Some(s.clone()));
+        }
+        self.by_address.pin().insert(s.address, s);
+    }
+
+    /// Removes `s`, but only the entries that still point at it: a reconnect may
+    /// already have taken its address.
+    pub fn remove(&self, s: &Arc<SessionShared>) {
+        if let Some(slot) = self.by_peer_id.get(s.peer_id as usize) {
+            let current = slot.load();
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) {
+                slot.compare_and_swap(&current, None);
+            }
+        }
+        let map = self.by_address.pin();
+        let _ = map.remove_if(&s.address, |_, v| Arc::ptr_eq(v, s));
+    }
+
+    pub fn by_peer_id(&self, peer_id: u32) -> Option<Arc<SessionShared>> {
+        self.by_peer_id.get(peer_id as usize).and_then(|slot| slot.load_full())
+    }
+
+    /// The session for packets to `address`. Workers hold a guard from
+    /// [`Self::address_guard`] across a batch and use [`Self::lookup_address`].
+    pub fn address_guard(&self) -> papaya::HashMapRef<'_, Ipv4Addr, Arc<SessionShared>, std::hash::RandomState, papaya::LocalGuard<'_>> {
+        self.by_address.pin()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_address.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(peer_id: u32, last: u8) -> Arc<SessionShared> {
+        Arc::new(SessionShared::new(
+            peer_id,
+            Ipv4Addr::new(172, 16, 201, last),
+            0,
+            Transport::Udp { listener: 0, peer: "192.0.2.1:1".parse().unwrap() },
+            true,
+        ))
+    }
+
+    #[test]
+    fn insert_lookup_remove() {
+        let t = SessionTable::new(16);
+        let a = session(3, 2);
+        t.insert(a.clone());
+        assert!(Arc::ptr_eq(&t.by_peer_id(3).unwrap(), &a));
+        assert!(Arc::ptr_eq(t.address_guard().get(&Ipv4Addr::new(172, 16, 201, 2)).unwrap(), &a));
+        t.remove(&a);
+        assert!(t.by_peer_id(3).is_none());
+        assert!(t.is_empty());
+        assert!(t.by_peer_id(99).is_none(), "out-of-range peer-ids are simply unknown");
+    }
+
+    #[test]
+    fn removing_a_replaced_session_keeps_its_successor() {
+        let t = SessionTable::new(16);
+        let old = session(3, 2);
+        t.insert(old.clone());
+        let new = session(4, 2); // same address, handed over on reconnect
+        t.insert(new.clone());
+        t.remove(&old);
+        assert!(Arc::ptr_eq(t.address_guard().get(&Ipv4Addr::new(172, 16, 201, 2)).unwrap(), &new));
+        assert!(t.by_peer_id(3).is_none());
+        assert!(Arc::ptr_eq(&t.by_peer_id(4).unwrap(), &new));
+    }
+}

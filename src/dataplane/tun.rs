@@ -1,0 +1,31 @@
+//! The multi-queue TUN device: one queue per worker, the gateway's tunnel address on
+//! it, and the pool's route through it.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+use ipnet::Ipv4Net;
+
+/// Creates (or reuses) the TUN device `name` with `queues` queues, address `address`
+/// with the pool's prefix length, and `mtu`; returns one fd per queue.
+pub fn create(name: &str, address: Ipv4Addr, pool: Ipv4Net, mtu: u16, queues: usize) -> io::Result<Vec<OwnedFd>> {
+    let first = tun_rs::DeviceBuilder::new()
+        .name(name)
+        .ipv4(address, pool.prefix_len(), None)
+        .mtu(mtu)
+        .multi_queue(queues > 1)
+        .packet_information(false)
+        .enable(true)
+        .build_sync()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create TUN device {name}: {e}")))?;
+    let mut fds = Vec::with_capacity(queues);
+    for _ in 1..queues {
+        let q = first.try_clone().map_err(|e| io::Error::new(e.kind(), format!("cannot add a queue to {name}: {e}")))?;
+        // SAFETY: into_raw_fd hands over ownership of a valid fd.
+        fds.push(unsafe { OwnedFd::from_raw_fd(q.into_raw_fd()) });
+    }
+    // SAFETY: as above.
+    fds.insert(0, unsafe { OwnedFd::from_raw_fd(first.into_raw_fd()) });
+    Ok(fds)
+}

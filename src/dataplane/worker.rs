@@ -1,0 +1,998 @@
+//! One data-plane worker: an io_uring loop over its UDP sockets, TCP listeners and
+//! connections, its TUN queue and its mailbox.
+//!
+//! Each ring wait returns a batch of completions. The worker processes the whole batch
+//! (opening and sealing each packet with its session's AEAD key, queueing TUN writes and
+//! socket sends as new submissions) before the next single `io_uring_enter`, which both
+//! submits everything and waits for the next batch.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use tracing::{debug, warn};
+
+use super::buffers::{BUF_SIZE, BufId, BufferPool};
+use super::counters::{DropReason, WorkerCounters};
+use super::table::{KeySet, SessionShared, Transport};
+use super::tcp::{Frame, MAX_QUEUED_OUTPUT, TcpConn};
+use super::{ControlEvent, Inbox, LocalHandle, Shared, WorkerCommand, WorkerIo, sys};
+use crate::crypto::ReplayWindow;
+use crate::proto::openvpn::acceptor::{Accepted, Acceptor};
+use crate::proto::openvpn::data::{self, DataHeader, HEADROOM, Payload};
+use crate::proto::openvpn::key_method::iv_proto;
+use crate::proto::openvpn::packet::Opcode;
+use crate::proto::openvpn::session::{AuthDecision, CloseReason, Event, ServerSession, SessionError};
+
+const RING_ENTRIES: u32 = 1024;
+const POOL_BUFFERS: usize = 4096;
+/// Receives kept in flight per UDP socket, and reads on the TUN queue.
+const UDP_RECV_DEPTH: usize = 64;
+const TUN_READ_DEPTH: usize = 64;
+/// Housekeeping period: keepalives, dead peers, stale TCP connections.
+const TICK: Duration = Duration::from_secs(1);
+/// A TCP connection that has not completed a handshake within this time is closed.
+const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+// io_uring user_data: operation kind in the top byte, then two indices.
+const OP_UDP_RECV: u64 = 1;
+const OP_UDP_SEND: u64 = 2;
+const OP_TUN_READ: u64 = 3;
+const OP_TUN_WRITE: u64 = 4;
+const OP_TCP_ACCEPT: u64 = 5;
+const OP_TCP_RECV: u64 = 6;
+const OP_TCP_SEND: u64 = 7;
+const OP_WAKE: u64 = 8;
+
+fn user_data(op: u64, a: u32, b: u32) -> u64 {
+    (op << 56) | (u64::from(a & 0x00ff_ffff) << 32) | u64::from(b)
+}
+
+fn split_user_data(ud: u64) -> (u64, u32, u32) {
+    (ud >> 56, ((ud >> 32) & 0x00ff_ffff) as u32, ud as u32)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Udp { listener: usize, peer: SocketAddr },
+    Tcp { conn: u32 },
+}
+
+struct Local {
+    generation: u32,
+    proto: Box<ServerSession>,
+    link: Link,
+    peer: SocketAddr,
+    shared: Option<Arc<SessionShared>>,
+    replay: [ReplayWindow; 8],
+    scheduled: Option<Instant>,
+}
+
+pub(super) struct Worker {
+    // Dropped first: the kernel must stop using buffers before they are freed.
+    ring: IoUring,
+    index: usize,
+    shared: Arc<Shared>,
+    inbox: Arc<Inbox>,
+    io: WorkerIo,
+    bufs: BufferPool,
+    acceptor: Acceptor,
+    sessions: Vec<Option<Local>>,
+    session_generations: Vec<u32>,
+    free_sessions: Vec<u32>,
+    by_addr: HashMap<(usize, SocketAddr), u32>,
+    by_peer: HashMap<u32, u32>,
+    conns: Vec<Option<TcpConn>>,
+    conn_generations: Vec<u32>,
+    free_conns: Vec<u32>,
+    conn_opened: Vec<Instant>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    udp_armed: Vec<usize>,
+    tun_armed: usize,
+    wake_buf: Box<u64>,
+    now_secs: u64,
+    shutdown_at: Option<Instant>,
+}
+
+impl Worker {
+    pub(super) fn new(index: usize, shared: Arc<Shared>, io: WorkerIo) -> io::Result<Worker> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        let inbox = shared.inboxes[index].clone();
+        let acceptor = Acceptor::new(shared.tls_crypt.clone());
+        let udp_armed = vec![0; io.udp.len()];
+        Ok(Worker {
+            ring,
+            index,
+            inbox,
+            acceptor,
+            io,
+            bufs: BufferPool::new(POOL_BUFFERS),
+            sessions: Vec::new(),
+            session_generations: Vec::new(),
+            free_sessions: Vec::new(),
+            by_addr: HashMap::new(),
+            by_peer: HashMap::new(),
+            conns: Vec::new(),
+            conn_generations: Vec::new(),
+            free_conns: Vec::new(),
+            conn_opened: Vec::new(),
+            timers: BinaryHeap::new(),
+            udp_armed,
+            tun_armed: 0,
+            wake_buf: Box::new(0),
+            now_secs: shared.secs(Instant::now()),
+            shutdown_at: None,
+            shared,
+        })
+    }
+
+    fn counters(&self) -> &WorkerCounters {
+        &self.shared.counters[self.index]
+    }
+
+    fn count_drop(&self, reason: DropReason) {
+        self.shared.counters[self.index].drop(reason);
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        // SAFETY: every entry refers to memory owned by this worker (pool buffers,
+        // connection buffers, wake_buf) that stays put until its completion arrives.
+        unsafe {
+            while self.ring.submission().push(&entry).is_err() {
+                let _ = self.ring.submit();
+            }
+        }
+    }
+
+    pub(super) fn run(&mut self) -> io::Result<()> {
+        for listener in 0..self.io.tcp.len() {
+            self.arm_accept(listener);
+        }
+        self.arm_wake();
+        self.rearm();
+        let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(RING_ENTRIES as usize * 2);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let now = Instant::now();
+            let mut deadline = next_tick;
+            if let Some(Reverse((t, _, _))) = self.timers.peek() {
+                deadline = deadline.min(*t);
+            }
+            if let Some(t) = self.shutdown_at {
+                deadline = deadline.min(t);
+            }
+            let wait = deadline.saturating_duration_since(now).max(Duration::from_micros(50));
+            let ts = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
+            let args = types::SubmitArgs::new().timespec(&ts);
+            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
+                if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) {
+                    return Err(e);
+                }
+            }
+            completions.clear();
+            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            let now = Instant::now();
+            self.now_secs = self.shared.secs(now);
+            if !completions.is_empty() {
+                let c = self.counters();
+                c.completions.fetch_add(completions.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                c.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let shared = self.shared.clone();
+            let routes = shared.table.address_guard();
+            for &(ud, res, flags) in &completions {
+                self.complete(now, ud, res, flags, &routes);
+            }
+            drop(routes);
+            self.drain_inbox(now);
+            self.run_timers(now);
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+            self.rearm();
+            if let Some(t) = self.shutdown_at {
+                if now >= t || self.sessions.iter().all(Option::is_none) {
+                    let _ = self.ring.submit();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    // ---- arming --------------------------------------------------------------------
+
+    fn rearm(&mut self) {
+        for listener in 0..self.io.udp.len() {
+            while self.udp_armed[listener] < UDP_RECV_DEPTH {
+                let Some(b) = self.bufs.alloc() else { return };
+                let hdr = self.bufs.prepare_recv(b, 0);
+                let fd = self.io.udp[listener].as_raw_fd();
+                self.push(opcode::RecvMsg::new(types::Fd(fd), hdr).build().user_data(user_data(OP_UDP_RECV, listener as u32, b)));
+                self.udp_armed[listener] += 1;
+            }
+        }
+        while self.tun_armed < TUN_READ_DEPTH {
+            let Some(b) = self.bufs.alloc() else { return };
+            let ptr = self.bufs.get_mut(b)[HEADROOM..].as_mut_ptr();
+            let fd = self.io.tun.as_raw_fd();
+            self.push(opcode::Read::new(types::Fd(fd), ptr, (BUF_SIZE - HEADROOM) as u32).build().user_data(user_data(OP_TUN_READ, 0, b)));
+            self.tun_armed += 1;
+        }
+    }
+
+    fn arm_accept(&mut self, listener: usize) {
+        let fd = self.io.tcp[listener].as_raw_fd();
+        self.push(opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build().user_data(user_data(OP_TCP_ACCEPT, listener as u32, 0)));
+    }
+
+    fn arm_wake(&mut self) {
+        let ptr = (&mut *self.wake_buf as *mut u64).cast::<u8>();
+        let fd = self.inbox.wake.as_raw_fd();
+        self.push(opcode::Read::new(types::Fd(fd), ptr, 8).build().user_data(user_data(OP_WAKE, 0, 0)));
+    }
+
+    // ---- completions -----------------------------------------------------------------
+
+    fn complete(&mut self, now: Instant, ud: u64, res: i32, flags: u32, routes: &Routes<'_>) {
+        let (op, a, b) = split_user_data(ud);
+        match op {
+            OP_UDP_RECV => {
+                self.udp_armed[a as usize] -= 1;
+                if res <= 0 {
+                    self.bufs.release(b);
+                    return;
+                }
+                match self.bufs.received_from(b) {
+                    Some(peer) => self.on_udp(now, a as usize, peer, b, res as usize),
+                    None => self.bufs.release(b),
+                }
+            }
+            OP_UDP_SEND | OP_TUN_WRITE => {
+                if res < 0 {
+                    debug!(worker = self.index, error = %io::Error::from_raw_os_error(-res), op, "send failed");
+                }
+                self.bufs.release(b);
+            }
+            OP_TUN_READ => {
+                self.tun_armed -= 1;
+                if res <= 0 {
+                    self.bufs.release(b);
+                    return;
+                }
+                self.on_tun(b, res as usize, routes);
+            }
+            OP_TCP_ACCEPT => {
+                if res >= 0 {
+                    // SAFETY: a successful accept returns a new fd that we now own.
+                    let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                    self.on_accept(now, a as usize, fd);
+                } else {
+                    warn!(worker = self.index, error = %io::Error::from_raw_os_error(-res), "accept failed");
+                }
+                if !cqueue::more(flags) && self.shutdown_at.is_none() {
+                    self.arm_accept(a as usize);
+                }
+            }
+            OP_TCP_RECV => self.on_tcp_recv(now, a, b, res),
+            OP_TCP_SEND => self.on_tcp_sent(a, b, res),
+            OP_WAKE => {
+                if self.shutdown_at.is_none() || res > 0 {
+                    self.arm_wake();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_udp(&mut self, now: Instant, listener: usize, peer: SocketAddr, b: BufId, len: usize) {
+        let link = Link::Udp { listener, peer };
+        let slot = self.by_addr.get(&(listener, peer)).copied();
+        self.on_packet(now, link, slot, b, len);
+    }
+
+    /// A whole OpenVPN packet from a client in `bufs[b][..len]` (the buffer is consumed).
+    fn on_packet(&mut self, now: Instant, link: Link, slot: Option<u32>, b: BufId, len: usize) {
+        let Some(&first) = self.bufs.get(b)[..len].first() else {
+            self.bufs.release(b);
+            self.count_drop(DropReason::Malformed);
+            return;
+        };
+        let opcode = first >> 3;
+        if opcode == Opcode::DataV1 as u8 || opcode == Opcode::DataV2 as u8 {
+            match slot {
+                Some(slot) => self.on_data(now, slot, b, len),
+                None => {
+                    self.bufs.release(b);
+                    self.count_drop(DropReason::UnknownSession);
+                }
+            }
+        } else {
+            let packet = self.bufs.get(b)[..len].to_vec();
+            self.bufs.release(b);
+            self.on_control(now, link, slot, &packet);
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, slot: u32, b: BufId, len: usize) {
+        let verdict = self.open_data(slot, b, len);
+        match verdict {
+            Ok(DataVerdict::ToTun { start, end, key_id }) => {
+                self.write_tun(b, start, end);
+                self.note_key_use(now, slot, key_id);
+            }
+            Ok(DataVerdict::Consumed { key_id, exit }) => {
+                self.bufs.release(b);
+                self.note_key_use(now, slot, key_id);
+                if exit {
+                    if let Some(l) = self.local_mut(slot) {
+                        l.proto.close(now, CloseReason::ClientExit, None);
+                    }
+                    self.drive(now, slot);
+                }
+            }
+            Err(reason) => {
+                self.bufs.release(b);
+                self.count_drop(reason);
+            }
+        }
+    }
+
+    fn open_data(&mut self, slot: u32, b: BufId, len: usize) -> Result<DataVerdict, DropReason> {
+        let now_secs = self.now_secs;
+        let local = self.sessions.get_mut(slot as usize).and_then(Option::as_mut).ok_or(DropReason::UnknownSession)?;
+        let shared = local.shared.as_ref().ok_or(DropReason::NotEstablished)?;
+        let buf = &mut self.bufs.get_mut(b)[..len];
+        let header = DataHeader::parse(buf).map_err(|_| DropReason::Malformed)?;
+        if header.peer_id.is_some_and(|p| p != shared.peer_id) {
+            return Err(DropReason::PeerMismatch);
+        }
+        let key_id = header.key_id;
+        let keys = shared.keys.load();
+        let key = keys.recv[key_id as usize & 7].as_ref().ok_or(DropReason::NoKey)?;
+        let window = &mut local.replay[key_id as usize & 7];
+        window.check(u64::from(header.packet_id)).map_err(|_| DropReason::Replay)?;
+        let (packet_id, range) = key.open(buf).map_err(|_| DropReason::Decrypt)?;
+        window.update(u64::from(packet_id));
+        shared.stats.received(len, now_secs);
+        let payload = &buf[range.clone()];
+        match data::classify(payload) {
+            Payload::Ping | Payload::Occ => Ok(DataVerdict::Consumed { key_id, exit: false }),
+            Payload::OccExit => Ok(DataVerdict::Consumed { key_id, exit: true }),
+            Payload::Ip => {
+                if payload.len() < 20 || payload[0] >> 4 != 4 {
+                    return Err(DropReason::NotIpv4);
+                }
+                if payload[12..16] != shared.address.octets() {
+                    return Err(DropReason::SpoofedSource);
+                }
+                Ok(DataVerdict::ToTun { start: range.start, end: range.end, key_id })
+            }
+        }
+    }
+
+    /// The client sends with `key_id`: if that is a renegotiated key, start using it.
+    fn note_key_use(&mut self, now: Instant, slot: u32, key_id: u8) {
+        let Some(local) = self.local_mut(slot) else { return };
+        if local.proto.send_key_id() != Some(key_id) {
+            local.proto.data_received(now, key_id);
+            self.drive(now, slot);
+        }
+    }
+
+    fn write_tun(&mut self, b: BufId, start: usize, end: usize) {
+        let ptr = self.bufs.get_mut(b)[start..].as_ptr();
+        let fd = self.io.tun.as_raw_fd();
+        self.push(opcode::Write::new(types::Fd(fd), ptr, (end - start) as u32).build().user_data(user_data(OP_TUN_WRITE, 0, b)));
+        self.counters().to_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A packet read from the TUN, at `bufs[b][HEADROOM..HEADROOM + len]`.
+    fn on_tun(&mut self, b: BufId, len: usize, routes: &Routes<'_>) {
+        let pkt = &self.bufs.get(b)[HEADROOM..HEADROOM + len];
+        if len < 20 || pkt[0] >> 4 != 4 {
+            self.bufs.release(b);
+            self.count_drop(DropReason::NotIpv4);
+            return;
+        }
+        let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+        let Some(session) = routes.get(&dst) else {
+            self.bufs.release(b);
+            self.count_drop(DropReason::NoRoute);
+            return;
+        };
+        match session.transport {
+            Transport::Udp { listener, peer } => {
+                match self.seal_into(session, b, len) {
+                    Ok((start, end)) => {
+                        self.send_udp(listener, peer, b, start, end);
+                        self.counters().from_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(reason) => {
+                        self.bufs.release(b);
+                        self.count_drop(reason);
+                    }
+                }
+            }
+            Transport::Tcp { .. } => {
+                if session.owner == self.index {
+                    let peer_id = session.peer_id;
+                    self.send_tcp_data(peer_id, b, len);
+                } else {
+                    let ok = self.shared.inboxes[session.owner].hand_off(session.peer_id, &self.bufs.get(b)[HEADROOM..HEADROOM + len]);
+                    self.bufs.release(b);
+                    if ok {
+                        self.counters().handoffs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        self.count_drop(DropReason::Overload);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Seals the plaintext at `bufs[b][HEADROOM..HEADROOM + len]` in place with the
+    /// session's current key; returns the packet's range in the buffer.
+    fn seal_into(&mut self, session: &SessionShared, b: BufId, len: usize) -> Result<(usize, usize), DropReason> {
+        let keys = session.keys.load();
+        let key = keys.send.as_ref().ok_or(DropReason::NotEstablished)?;
+        let buf = self.bufs.get_mut(b);
+        let range = if session.data_v2 {
+            key.seal_v2(session.peer_id, buf, len).map(|n| (0, n))
+        } else {
+            key.seal_v1(buf, len).map(|r| (r.start, r.end))
+        }
+        .map_err(|_| DropReason::Overload)?;
+        session.stats.sent(range.1 - range.0, self.now_secs);
+        Ok(range)
+    }
+
+    fn send_udp(&mut self, listener: usize, peer: SocketAddr, b: BufId, start: usize, end: usize) {
+        let hdr = self.bufs.prepare_send(b, start, end, &peer);
+        let fd = self.io.udp[listener].as_raw_fd();
+        self.push(opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(user_data(OP_UDP_SEND, 0, b)));
+    }
+
+    /// Seals a TUN packet for a TCP session this worker owns and queues it.
+    fn send_tcp_data(&mut self, peer_id: u32, b: BufId, len: usize) {
+        let Some(slot) = self.by_peer.get(&peer_id).copied() else {
+            self.bufs.release(b);
+            self.count_drop(DropReason::NoRoute);
+            return;
+        };
+        let Some((session, conn)) = self.local(slot).and_then(|l| match l.link {
+            Link::Tcp { conn } => l.shared.clone().map(|s| (s, conn)),
+            Link::Udp { .. } => None,
+        }) else {
+            self.bufs.release(b);
+            self.count_drop(DropReason::NotEstablished);
+            return;
+        };
+        if self.conns.get(conn as usize).and_then(Option::as_ref).is_none_or(|c| c.queued() > MAX_QUEUED_OUTPUT) {
+            self.bufs.release(b);
+            self.count_drop(DropReason::Overload);
+            return;
+        }
+        match self.seal_into(&session, b, len) {
+            Ok((start, end)) => {
+                let packet = self.bufs.get(b)[start..end].to_owned();
+                self.bufs.release(b);
+                self.queue_tcp(conn, &packet);
+                self.counters().from_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(reason) => {
+                self.bufs.release(b);
+                self.count_drop(reason);
+            }
+        }
+    }
+
+    // ---- control channel ------------------------------------------------------------
+
+    fn on_control(&mut self, now: Instant, link: Link, slot: Option<u32>, packet: &[u8]) {
+        if let Some(slot) = slot {
+            let now_secs = self.now_secs;
+            let Some(local) = self.local_mut(slot) else { return };
+            match local.proto.handle_packet(now, packet) {
+                Ok(()) => {
+                    if let Some(s) = &local.shared {
+                        s.stats.last_rx.store(now_secs, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    self.drive(now, slot);
+                    return;
+                }
+                // The client restarted with a new session: let the acceptor start one.
+                Err(SessionError::WrongSession) if packet.first().map(|b| b >> 3) == Some(Opcode::HardResetClientV2 as u8) => {}
+                Err(SessionError::WrongSession)
+                    if packet.first().is_some_and(|b| matches!(b >> 3, 4 | 5)) && local.proto.send_key_id().is_none() => {}
+                Err(e) => {
+                    debug!(worker = self.index, error = %e, "control packet refused");
+                    self.count_drop(DropReason::ControlRefused);
+                    return;
+                }
+            }
+        }
+        let settings = self.shared.settings.load().openvpn.clone();
+        let peer = self.link_peer(link);
+        match self.acceptor.handle(now, sys::unix_time(), peer, packet, &settings) {
+            Ok(Accepted::Reply(reply)) => self.send_control(link, &reply),
+            Ok(Accepted::Session(session)) => {
+                if let Some(old) = slot {
+                    if let Some(l) = self.local_mut(old) {
+                        l.proto.close(now, CloseReason::Local("replaced by a new connection from the same address".into()), None);
+                    }
+                    self.drive(now, old);
+                }
+                let slot = self.new_session(link, peer, session);
+                self.drive(now, slot);
+            }
+            Err(refusal) => {
+                debug!(worker = self.index, %peer, reason = %refusal, "packet from unknown peer dropped");
+                self.count_drop(DropReason::ControlRefused);
+            }
+        }
+    }
+
+    fn link_peer(&self, link: Link) -> SocketAddr {
+        match link {
+            Link::Udp { peer, .. } => peer,
+            Link::Tcp { conn } => self.conns[conn as usize].as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.peer),
+        }
+    }
+
+    fn new_session(&mut self, link: Link, peer: SocketAddr, proto: Box<ServerSession>) -> u32 {
+        let slot = self.free_sessions.pop().unwrap_or_else(|| {
+            self.sessions.push(None);
+            self.session_generations.push(0);
+            (self.sessions.len() - 1) as u32
+        });
+        let generation = self.session_generations[slot as usize].wrapping_add(1);
+        self.session_generations[slot as usize] = generation;
+        self.sessions[slot as usize] = Some(Local {
+            generation,
+            proto,
+            link,
+            peer,
+            shared: None,
+            replay: Default::default(),
+            scheduled: None,
+        });
+        match link {
+            Link::Udp { listener, peer } => {
+                self.by_addr.insert((listener, peer), slot);
+            }
+            Link::Tcp { conn } => {
+                if let Some(c) = self.conns[conn as usize].as_mut() {
+                    c.session = Some(slot);
+                }
+            }
+        }
+        slot
+    }
+
+    fn local(&self, slot: u32) -> Option<&Local> {
+        self.sessions.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn local_mut(&mut self, slot: u32) -> Option<&mut Local> {
+        self.sessions.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    fn send_control(&mut self, link: Link, packet: &[u8]) {
+        match link {
+            Link::Udp { listener, peer } => {
+                let Some(b) = self.bufs.alloc() else {
+                    self.count_drop(DropReason::Overload);
+                    return;
+                };
+                self.bufs.get_mut(b)[..packet.len()].copy_from_slice(packet);
+                self.send_udp(listener, peer, b, 0, packet.len());
+            }
+            Link::Tcp { conn } => self.queue_tcp(conn, packet),
+        }
+    }
+
+    /// Sends what the session has to send and acts on its events.
+    fn drive(&mut self, now: Instant, slot: u32) {
+        loop {
+            let Some(local) = self.local_mut(slot) else { return };
+            let link = local.link;
+            let Some(packet) = local.proto.poll_transmit(now) else { break };
+            self.send_control(link, &packet);
+        }
+        while let Some(event) = self.local_mut(slot).and_then(|l| l.proto.poll_event()) {
+            self.on_event(slot, event);
+        }
+        if let Some(local) = self.local_mut(slot) {
+            if let Some(t) = local.proto.poll_timeout() {
+                if local.scheduled.is_none_or(|s| t < s) {
+                    local.scheduled = Some(t);
+                    let generation = local.generation;
+                    self.timers.push(Reverse((t, slot, generation)));
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, slot: u32, event: Event) {
+        let index = self.index;
+        let Some(local) = self.local_mut(slot) else { return };
+        match event {
+            Event::Authenticate(request) => {
+                let handle = LocalHandle { worker: index, slot, generation: local.generation };
+                let transport = if matches!(local.link, Link::Udp { .. }) { "udp" } else { "tcp" };
+                let peer = local.peer;
+                let _ = self.shared.to_control.send(ControlEvent::Authenticate { handle, peer, transport, request: Box::new(request) });
+            }
+            Event::InstallKeys(k) => {
+                local.replay[k.key_id as usize & 7] = ReplayWindow::new();
+                if let Some(s) = &local.shared {
+                    s.keys.rcu(|cur| {
+                        let mut next = clone_keys(cur);
+                        next.recv[k.key_id as usize & 7] = Some(k.key.clone());
+                        next
+                    });
+                }
+            }
+            Event::ActivateKey(id) => {
+                if let Some(s) = &local.shared {
+                    s.keys.rcu(|cur| {
+                        let mut next = clone_keys(cur);
+                        next.send = next.recv[id as usize & 7].clone();
+                        next
+                    });
+                }
+            }
+            Event::RetireKey(id) => {
+                if let Some(s) = &local.shared {
+                    s.keys.rcu(|cur| {
+                        let mut next = clone_keys(cur);
+                        next.recv[id as usize & 7] = None;
+                        next
+                    });
+                }
+            }
+            Event::Closed(reason) => self.teardown(slot, reason),
+        }
+    }
+
+    fn teardown(&mut self, slot: u32, reason: CloseReason) {
+        let Some(local) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
+        self.free_sessions.push(slot);
+        match local.link {
+            Link::Udp { listener, peer } => {
+                if self.by_addr.get(&(listener, peer)) == Some(&slot) {
+                    self.by_addr.remove(&(listener, peer));
+                }
+            }
+            Link::Tcp { conn } => self.close_conn(conn),
+        }
+        let (peer_id, address) = match &local.shared {
+            Some(s) => {
+                self.shared.table.remove(s);
+                if self.by_peer.get(&s.peer_id) == Some(&slot) {
+                    self.by_peer.remove(&s.peer_id);
+                }
+                (Some(s.peer_id), Some(s.address))
+            }
+            None => (None, None),
+        };
+        let handle = LocalHandle { worker: self.index, slot, generation: local.generation };
+        let _ = self.shared.to_control.send(ControlEvent::Closed { handle, peer: local.peer, peer_id, address, reason });
+    }
+
+    // ---- mailbox ---------------------------------------------------------------------
+
+    fn drain_inbox(&mut self, now: Instant) {
+        while let Some(cmd) = self.inbox.commands.pop() {
+            match cmd {
+                WorkerCommand::AuthResult { handle, decision } => self.on_auth_result(now, handle, decision),
+                WorkerCommand::Close { peer_id, reason, notice } => {
+                    if let Some(slot) = self.by_peer.get(&peer_id).copied() {
+                        if let Some(l) = self.local_mut(slot) {
+                            l.proto.close(now, CloseReason::Local(reason), notice.as_deref());
+                        }
+                        self.drive(now, slot);
+                    }
+                }
+                WorkerCommand::Shutdown => self.begin_shutdown(now),
+            }
+        }
+        while let Some(h) = self.inbox.packets.pop() {
+            if let Some(b) = self.bufs.alloc() {
+                let len = h.len as usize;
+                self.bufs.get_mut(b)[HEADROOM..HEADROOM + len].copy_from_slice(&h.data[..len]);
+                self.send_tcp_data(h.peer_id, b, len);
+            } else {
+                self.count_drop(DropReason::Overload);
+            }
+            let _ = self.inbox.spare.push(h);
+        }
+    }
+
+    fn on_auth_result(&mut self, now: Instant, handle: LocalHandle, decision: AuthDecision) {
+        let index = self.index;
+        let now_secs = self.now_secs;
+        let live = self.local(handle.slot).is_some_and(|l| l.generation == handle.generation);
+        if !live {
+            // The session ended while the control plane was deciding: give back the grant.
+            if let AuthDecision::Accept(grant) = decision {
+                let _ = self.shared.to_control.send(ControlEvent::Closed {
+                    handle,
+                    peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    peer_id: Some(grant.peer_id),
+                    address: Some(grant.push.address),
+                    reason: CloseReason::Local("closed before authentication finished".into()),
+                });
+            }
+            return;
+        }
+        let conns = &self.conns;
+        let Some(local) = self.sessions.get_mut(handle.slot as usize).and_then(Option::as_mut) else { return };
+        if let AuthDecision::Accept(grant) = &decision {
+            let transport = match local.link {
+                Link::Udp { listener, peer } => Transport::Udp { listener, peer },
+                Link::Tcp { conn } => Transport::Tcp { peer: conns[conn as usize].as_ref().map_or(local.peer, |c| c.peer) },
+            };
+            let data_v2 = local.proto.peer_info().is_some_and(|p| p.has(iv_proto::DATA_V2));
+            let shared = Arc::new(SessionShared::new(grant.peer_id, grant.push.address, index, transport, data_v2));
+            shared.stats.last_rx.store(now_secs, std::sync::atomic::Ordering::Relaxed);
+            shared.stats.last_tx.store(now_secs, std::sync::atomic::Ordering::Relaxed);
+            self.shared.table.insert(shared.clone());
+            local.shared = Some(shared);
+            self.by_peer.insert(grant.peer_id, handle.slot);
+        }
+        local.proto.auth_decision(now, decision);
+        self.drive(now, handle.slot);
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
+        self.shutdown_at = Some(now + SHUTDOWN_GRACE);
+        let slots: Vec<u32> = (0..self.sessions.len() as u32).filter(|&s| self.local(s).is_some()).collect();
+        for slot in slots {
+            if let Some(l) = self.local_mut(slot) {
+                l.proto.close(now, CloseReason::Local("gateway shutting down".into()), Some("RESTART"));
+            }
+            self.drive(now, slot);
+        }
+    }
+
+    // ---- time ------------------------------------------------------------------------
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, slot, generation))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(local) = self.local_mut(slot) else { continue };
+            if local.generation != generation || local.scheduled != Some(t) {
+                continue; // superseded by an earlier deadline, or a reused slot
+            }
+            local.scheduled = None;
+            local.proto.handle_timeout(now);
+            self.drive(now, slot);
+        }
+    }
+
+    /// Once a second: keepalive pings, dead clients, key exhaustion, stale connections.
+    fn tick(&mut self, now: Instant) {
+        let settings = self.shared.settings.load();
+        let ping_every = settings.ping_interval.as_secs().max(1);
+        let timeout = settings.ping_timeout.as_secs().max(2);
+        let now_secs = self.now_secs;
+        for slot in 0..self.sessions.len() as u32 {
+            let Some(local) = self.local_mut(slot) else { continue };
+            let Some(shared) = local.shared.clone() else { continue };
+            let last_rx = shared.stats.last_rx.load(std::sync::atomic::Ordering::Relaxed);
+            let last_tx = shared.stats.last_tx.load(std::sync::atomic::Ordering::Relaxed);
+            if now_secs.saturating_sub(last_rx) >= timeout {
+                local.proto.close(now, CloseReason::Local(format!("no packet from the client for {timeout} s")), None);
+                self.drive(now, slot);
+                continue;
+            }
+            if shared.keys.load().send.as_ref().is_some_and(|k| k.send_pid_exhausted()) {
+                local.proto.renegotiate(now);
+                self.drive(now, slot);
+            }
+            if now_secs.saturating_sub(last_tx) >= ping_every {
+                self.send_ping(slot, &shared);
+            }
+        }
+        for conn in 0..self.conns.len() as u32 {
+            let stale = self.conns[conn as usize]
+                .as_ref()
+                .is_some_and(|c| c.session.is_none() && !c.closing && now.duration_since(self.conn_opened[conn as usize]) > TCP_HANDSHAKE_TIMEOUT);
+            if stale {
+                self.close_conn(conn);
+            }
+        }
+    }
+
+    fn send_ping(&mut self, slot: u32, shared: &Arc<SessionShared>) {
+        let Some(link) = self.local(slot).map(|l| l.link) else { return };
+        let Some(b) = self.bufs.alloc() else { return };
+        self.bufs.get_mut(b)[HEADROOM..HEADROOM + data::PING_MAGIC.len()].copy_from_slice(&data::PING_MAGIC);
+        match self.seal_into(shared, b, data::PING_MAGIC.len()) {
+            Ok((start, end)) => match link {
+                Link::Udp { listener, peer } => self.send_udp(listener, peer, b, start, end),
+                Link::Tcp { conn } => {
+                    let packet = self.bufs.get(b)[start..end].to_owned();
+                    self.bufs.release(b);
+                    self.queue_tcp(conn, &packet);
+                }
+            },
+            Err(_) => self.bufs.release(b),
+        }
+    }
+
+    // ---- TCP -------------------------------------------------------------------------
+
+    fn on_accept(&mut self, now: Instant, listener: usize, fd: OwnedFd) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
+        let peer = match sys::peer_addr(fd.as_raw_fd()) {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        sys::tune_tcp_connection(fd.as_raw_fd());
+        let conn = self.free_conns.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conn_generations.push(0);
+            self.conn_opened.push(now);
+            (self.conns.len() - 1) as u32
+        });
+        let generation = self.conn_generations[conn as usize].wrapping_add(1);
+        self.conn_generations[conn as usize] = generation;
+        self.conn_opened[conn as usize] = now;
+        self.conns[conn as usize] = Some(TcpConn::new(generation, fd, peer, listener));
+        debug!(worker = self.index, %peer, "TCP connection accepted");
+        self.arm_tcp_recv(conn);
+    }
+
+    fn arm_tcp_recv(&mut self, conn: u32) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        if c.recv_pending || c.closing {
+            return;
+        }
+        c.recv_pending = true;
+        let (fd, generation) = (c.fd.as_raw_fd(), c.generation);
+        let ptr = c.recv[c.recv_len..].as_mut_ptr();
+        let room = (c.recv.len() - c.recv_len) as u32;
+        self.push(opcode::Recv::new(types::Fd(fd), ptr, room).build().user_data(user_data(OP_TCP_RECV, conn, generation)));
+    }
+
+    fn on_tcp_recv(&mut self, now: Instant, conn: u32, generation: u32, res: i32) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        if c.generation != generation {
+            return;
+        }
+        c.recv_pending = false;
+        if res <= 0 || c.closing {
+            self.close_conn(conn);
+            return;
+        }
+        c.recv_len += res as usize;
+        let mut offset = 0;
+        loop {
+            let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+            if c.closing {
+                return;
+            }
+            match c.frame_at(offset) {
+                Frame::Packet { start, end } => {
+                    offset = end;
+                    let slot = c.session;
+                    let Some(b) = self.bufs.alloc() else {
+                        self.count_drop(DropReason::Overload);
+                        continue;
+                    };
+                    let len = end - start;
+                    let c = self.conns[conn as usize].as_ref().expect("checked above");
+                    self.bufs.get_mut(b)[..len].copy_from_slice(&c.recv[start..end]);
+                    self.on_packet(now, Link::Tcp { conn }, slot, b, len);
+                }
+                Frame::Incomplete => {
+                    c.consume(offset);
+                    break;
+                }
+                Frame::Invalid => {
+                    self.count_drop(DropReason::Malformed);
+                    self.close_conn(conn);
+                    return;
+                }
+            }
+        }
+        self.arm_tcp_recv(conn);
+    }
+
+    fn queue_tcp(&mut self, conn: u32, packet: &[u8]) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        if c.closing {
+            return;
+        }
+        c.queue(packet);
+        self.kick_tcp_send(conn);
+    }
+
+    fn kick_tcp_send(&mut self, conn: u32) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        let resume = c.send_pending == false && c.inflight_done < c.inflight.len();
+        if !resume && !c.start_send() {
+            return;
+        }
+        c.send_pending = true;
+        let (fd, generation) = (c.fd.as_raw_fd(), c.generation);
+        let rest = &c.inflight[c.inflight_done..];
+        let (ptr, len) = (rest.as_ptr(), rest.len() as u32);
+        self.push(opcode::Send::new(types::Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(user_data(OP_TCP_SEND, conn, generation)));
+    }
+
+    fn on_tcp_sent(&mut self, conn: u32, generation: u32, res: i32) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        if c.generation != generation {
+            return;
+        }
+        c.send_pending = false;
+        if res < 0 {
+            self.close_conn(conn);
+            return;
+        }
+        c.sent(res as usize);
+        if c.closing {
+            self.finish_close(conn);
+        } else {
+            self.kick_tcp_send(conn);
+        }
+    }
+
+    /// Closes a connection and its session. Buffers stay until the kernel is done.
+    fn close_conn(&mut self, conn: u32) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        if !c.closing {
+            c.closing = true;
+            // Wakes a pending receive (it completes with 0) so the slot can be freed.
+            // SAFETY: shutdown(2) on an fd we own.
+            unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            if let Some(slot) = c.session.take() {
+                if let Some(l) = self.local_mut(slot) {
+                    l.proto.close(Instant::now(), CloseReason::Local("TCP connection closed".into()), None);
+                }
+                self.drive(Instant::now(), slot);
+            }
+        }
+        self.finish_close(conn);
+    }
+
+    fn finish_close(&mut self, conn: u32) {
+        if self.conns.get(conn as usize).and_then(Option::as_ref).is_some_and(|c| c.closing && c.idle()) {
+            self.conns[conn as usize] = None;
+            self.free_conns.push(conn);
+        }
+    }
+}
+
+enum DataVerdict {
+    ToTun { start: usize, end: usize, key_id: u8 },
+    Consumed { key_id: u8, exit: bool },
+}
+
+type Routes<'a> = papaya::HashMapRef<'a, Ipv4Addr, Arc<SessionShared>, std::hash::RandomState, papaya::LocalGuard<'a>>;
+
+fn clone_keys(cur: &Arc<KeySet>) -> KeySet {
+    KeySet { send: cur.send.clone(), recv: cur.recv.clone() }
+}

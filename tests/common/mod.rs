@@ -1,0 +1,28 @@
+//! Shared harness for the end-to-end tests: network namespaces, child processes with logs,
+//! the standard gateway topology, and wrappers around ping, iperf3 and the OpenVPN client.
+//!
+//! Include it from a test file with `mod common;`. Everything here panics with a clear message
+//! when setup fails (these are test helpers), never blocks without a timeout, and cleans up
+//! through guards, also when a test panics halfway.
+//!
+//! Needs root: the tests create namespaces, veth pairs and tun devices.
+
+// Each test binary uses a different subset of the harness.
+#![allow(dead_code, unused_imports)]
+
+mod netns;
+mod process;
+mod tools;
+mod topology;
+
+pub use netns::{Netns, TestDir, harness_prefix_for, sweep_leftovers};
+pub use process::{Proc, run_with_timeout};
+pub use tools::{
+    IPERF3_PORT, IperfResult, OPENVPN_CONNECTED_MARKER, OpenVpnClient, PingResult, iperf3_client,
+    iperf3_client_port, iperf3_server, iperf3_server_port, parse_iperf3_json, parse_ping_summary,
+    ping, tun_counters, wait_until,
+};
+pub use topology::{
+    CLIENT_IFNAME, GW_VNET_IFNAME, Topology, VNET_GW_ADDR, VNET_HOST_ADDR, VNET_IFNAME,
+    VNET_SUBNET, VPN_POOL_ROUTE,
+};

@@ -1,0 +1,180 @@
+//! The standard network picture of a gateway test:
+//!
+//! ```text
+//!   cK (client K)                         gw (gateway)                    vnet (host behind gw)
+//!   eth0 192.168.(100+K).2/24 ── veth ── to-cK 192.168.(100+K).1/24
+//!                                         to-vnet 10.50.0.1/24 ── veth ── eth0 10.50.0.2/24
+//!                                         ip_forward=1                    route 172.16.0.0/12 via 10.50.0.1
+//! ```
+//!
+//! Clients have no route to the vnet: they reach it only through the VPN (or a route a test adds).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::netns::{Netns, TestDir};
+use super::tools::wait_until;
+
+/// The host behind the gateway.
+pub const VNET_HOST_ADDR: &str = "10.50.0.2";
+/// The gateway's address on the vnet side.
+pub const VNET_GW_ADDR: &str = "10.50.0.1";
+pub const VNET_SUBNET: &str = "10.50.0.0/24";
+/// Covers the VPN client address pools; the vnet host routes it back through the gateway.
+pub const VPN_POOL_ROUTE: &str = "172.16.0.0/12";
+/// Interface names inside the namespaces (names are per namespace, so they repeat).
+pub const CLIENT_IFNAME: &str = "eth0";
+pub const VNET_IFNAME: &str = "eth0";
+pub const GW_VNET_IFNAME: &str = "to-vnet";
+
+/// Client underlay subnets are 192.168.(100+K).0/24, so K stays below this.
+const MAX_CLIENTS: usize = 100;
+
+/// Namespaces `gw`, `vnet` and `c0..cN` wired as in the module comment. Dropping it kills every
+/// process inside the namespaces and deletes them (and with them all veths and tun devices).
+pub struct Topology {
+    // Field order is drop order: namespaces go before the directory whose logs they fill.
+    clients: Vec<Netns>,
+    gw: Netns,
+    vnet: Netns,
+    dir: Arc<TestDir>,
+}
+
+impl Topology {
+    /// Builds the topology with `n_clients` client namespaces; panics on failure, after removing
+    /// whatever was already created.
+    pub fn new(n_clients: usize) -> Topology {
+        assert!(
+            n_clients <= MAX_CLIENTS,
+            "at most {MAX_CLIENTS} clients, asked for {n_clients}"
+        );
+        let dir = TestDir::new();
+        // Every namespace is a guard the moment it exists, so a panic below unwinds through them.
+        let gw = Netns::in_dir(&dir, "gw");
+        let vnet = Netns::in_dir(&dir, "vnet");
+        gw.sysctl("net.ipv4.ip_forward", "1");
+        connect(
+            &gw,
+            GW_VNET_IFNAME,
+            &format!("{VNET_GW_ADDR}/24"),
+            &vnet,
+            VNET_IFNAME,
+            &format!("{VNET_HOST_ADDR}/24"),
+        );
+        vnet.ip(&["route", "add", VPN_POOL_ROUTE, "via", VNET_GW_ADDR]);
+
+        let mut clients = Vec::with_capacity(n_clients);
+        for k in 0..n_clients {
+            let client = Netns::in_dir(&dir, &format!("c{k}"));
+            connect(
+                &gw,
+                &Topology::gw_ifname_for_client(k),
+                &format!("{}/24", gateway_addr(k)),
+                &client,
+                CLIENT_IFNAME,
+                &format!("{}/24", client_addr(k)),
+            );
+            clients.push(client);
+        }
+        Topology {
+            clients,
+            gw,
+            vnet,
+            dir,
+        }
+    }
+
+    pub fn gw(&self) -> &Netns {
+        &self.gw
+    }
+
+    pub fn vnet(&self) -> &Netns {
+        &self.vnet
+    }
+
+    pub fn client(&self, k: usize) -> &Netns {
+        self.clients.get(k).unwrap_or_else(|| {
+            panic!(
+                "client {k} does not exist (topology has {})",
+                self.clients.len()
+            )
+        })
+    }
+
+    pub fn clients(&self) -> &[Netns] {
+        &self.clients
+    }
+
+    /// Directory for this test's logs and files (profiles, configs, keys).
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn test_dir(&self) -> &Arc<TestDir> {
+        &self.dir
+    }
+
+    /// The gateway address client `k` connects to: 192.168.(100+k).1.
+    pub fn gateway_addr_for(&self, k: usize) -> String {
+        self.client(k);
+        gateway_addr(k)
+    }
+
+    /// Client `k`'s underlay address: 192.168.(100+k).2.
+    pub fn client_addr_for(&self, k: usize) -> String {
+        self.client(k);
+        client_addr(k)
+    }
+
+    /// The gateway-side interface towards client `k`: `to-c<k>`.
+    pub fn gw_ifname_for_client(k: usize) -> String {
+        format!("to-c{k}")
+    }
+
+    /// Names of all namespaces of this topology.
+    pub fn namespace_names(&self) -> Vec<String> {
+        let mut names = vec![self.gw.name().to_owned(), self.vnet.name().to_owned()];
+        names.extend(self.clients.iter().map(|client| client.name().to_owned()));
+        names
+    }
+}
+
+fn gateway_addr(k: usize) -> String {
+    format!("192.168.{}.1", 100 + k)
+}
+
+fn client_addr(k: usize) -> String {
+    format!("192.168.{}.2", 100 + k)
+}
+
+/// Creates a veth pair with one end in each namespace, addresses both ends and waits until both are up.
+fn connect(a: &Netns, a_ifname: &str, a_addr: &str, b: &Netns, b_ifname: &str, b_addr: &str) {
+    a.ip(&[
+        "link",
+        "add",
+        a_ifname,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_ifname,
+        "netns",
+        b.name(),
+    ]);
+    for (ns, ifname, addr) in [(a, a_ifname, a_addr), (b, b_ifname, b_addr)] {
+        ns.ip(&["addr", "add", addr, "dev", ifname]);
+        ns.ip(&["link", "set", ifname, "up"]);
+    }
+    for (ns, ifname) in [(a, a_ifname), (b, b_ifname)] {
+        let is_up = || {
+            ns.ip(&["-o", "link", "show", "dev", ifname])
+                .contains("state UP")
+        };
+        assert!(
+            wait_until(Duration::from_secs(5), Duration::from_millis(10), is_up),
+            "{ifname} in {} did not come up",
+            ns.name()
+        );
+    }
+}
