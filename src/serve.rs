@@ -100,7 +100,9 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
     let (to_control, events) = tokio::sync::mpsc::unbounded_channel();
     let inboxes = (0..workers).map(|_| Inbox::new().map(Arc::new)).collect::<std::io::Result<Vec<_>>>()?;
     let shared = Arc::new(Shared {
-        table: SessionTable::new(pool.capacity() as usize),
+        // Twice the pool: a reconnecting client holds a second peer-id while its old
+        // session is torn down.
+        table: SessionTable::new(2 * pool.capacity() as usize + 16),
         settings: ArcSwap::from_pointee(Settings {
             openvpn,
             ping_interval: Duration::from_secs(config.openvpn.keepalive_interval_secs.into()),

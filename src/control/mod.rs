@@ -122,10 +122,23 @@ impl ControlPlane {
             warn!(%peer, user = %identity.common_name, thumbprint = %identity.thumbprint, %why, "revoked certificate refused");
             return AuthDecision::Reject { reason: "certificate revoked".into() };
         }
+        let Some(peer_id) = self.free_peer_ids.pop() else {
+            return reject("the gateway has no free session slot");
+        };
         // The same certificate connecting again replaces its old session and keeps
         // its address.
-        let inherited = self.by_thumbprint.remove(&identity.thumbprint).and_then(|old| {
-            let rec = self.sessions.remove(&old)?;
+        let previous = self.by_thumbprint.get(&identity.thumbprint).copied();
+        let address = match previous.and_then(|old| self.sessions.get(&old)) {
+            Some(rec) => rec.address,
+            None => match self.pool.allocate(self.last_address.get(&identity.thumbprint).copied()) {
+                Some(a) => a,
+                None => {
+                    self.free_peer_ids.push(peer_id);
+                    return reject("the address pool is exhausted");
+                }
+            },
+        };
+        if let Some((old, rec)) = previous.and_then(|old| self.sessions.remove(&old).map(|rec| (old, rec))) {
             info!(user = %identity.common_name, old_peer = %rec.peer, new_peer = %peer, "reconnect replaces the previous session");
             self.closing.insert(old);
             self.shared.inboxes[rec.handle.worker].send(WorkerCommand::Close {
@@ -133,21 +146,7 @@ impl ControlPlane {
                 reason: "replaced by a new connection with the same certificate".into(),
                 notice: None,
             });
-            Some(rec.address)
-        });
-        let address = match inherited {
-            Some(a) => a,
-            None => match self.pool.allocate(self.last_address.get(&identity.thumbprint).copied()) {
-                Some(a) => a,
-                None => return reject("the address pool is exhausted"),
-            },
-        };
-        let Some(peer_id) = self.free_peer_ids.pop() else {
-            if inherited.is_none() {
-                self.pool.release(address);
-            }
-            return reject("the gateway has no free session slot");
-        };
+        }
         self.address_owner.insert(address, peer_id);
         self.last_address.insert(identity.thumbprint, address);
         self.by_thumbprint.insert(identity.thumbprint, peer_id);

@@ -3,8 +3,8 @@
 //! io_uring SendMsg or RecvMsg needs, at a fixed address for as long as the
 //! operation is in flight.
 
-use std::mem::zeroed;
-use std::net::SocketAddr;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::sys;
 
@@ -19,6 +19,8 @@ pub struct MsgMeta {
     pub hdr: libc::msghdr,
     pub iov: libc::iovec,
     pub addr: libc::sockaddr_storage,
+    /// Ancillary data: the packet-info control message (local address).
+    control: [u64; 8],
 }
 
 pub struct BufferPool {
@@ -58,9 +60,18 @@ impl BufferPool {
         &mut self.data[id as usize]
     }
 
-    /// Fills the message header of `id` to send `data[start..end]` to `to`, and returns
-    /// a pointer for SendMsg. Valid until the buffer is released.
-    pub fn prepare_send(&mut self, id: BufId, start: usize, end: usize, to: &SocketAddr) -> *const libc::msghdr {
+    /// Fills the message header of `id` to send `data[start..end]` to `to`, from local
+    /// address `from` when given (a socket bound to the wildcard address must answer
+    /// from the address the client wrote to), and returns a pointer for SendMsg. Valid
+    /// until the buffer is released.
+    pub fn prepare_send(
+        &mut self,
+        id: BufId,
+        start: usize,
+        end: usize,
+        to: &SocketAddr,
+        from: Option<IpAddr>,
+    ) -> *const libc::msghdr {
         let base = self.data[id as usize].as_mut_ptr();
         let m = &mut self.meta[id as usize];
         let (addr, len) = sys::sockaddr_from(to);
@@ -76,6 +87,37 @@ impl BufferPool {
             msg_controllen: 0,
             msg_flags: 0,
         };
+        if let Some(from) = from {
+            m.control = [0; 8];
+            m.hdr.msg_control = m.control.as_mut_ptr().cast();
+            // SAFETY: the control buffer (64 bytes, 8-aligned) holds one cmsghdr with an
+            // in_pktinfo or in6_pktinfo (CMSG_SPACE of either is at most 40 bytes).
+            unsafe {
+                let (level, ty, len) = match from {
+                    IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>()),
+                    IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>()),
+                };
+                m.hdr.msg_controllen = libc::CMSG_SPACE(len as u32) as usize;
+                let c = libc::CMSG_FIRSTHDR(&m.hdr);
+                (*c).cmsg_level = level;
+                (*c).cmsg_type = ty;
+                (*c).cmsg_len = libc::CMSG_LEN(len as u32) as usize;
+                match from {
+                    IpAddr::V4(a) => {
+                        let info = libc::in_pktinfo {
+                            ipi_ifindex: 0,
+                            ipi_spec_dst: libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) },
+                            ipi_addr: libc::in_addr { s_addr: 0 },
+                        };
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+                    }
+                    IpAddr::V6(a) => {
+                        let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: a.octets() }, ipi6_ifindex: 0 };
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+                    }
+                }
+            }
+        }
         &m.hdr
     }
 
@@ -91,8 +133,8 @@ impl BufferPool {
             msg_namelen: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
             msg_iov: &mut m.iov,
             msg_iovlen: 1,
-            msg_control: std::ptr::null_mut(),
-            msg_controllen: 0,
+            msg_control: m.control.as_mut_ptr().cast(),
+            msg_controllen: size_of::<[u64; 8]>(),
             msg_flags: 0,
         };
         &mut m.hdr
@@ -101,6 +143,32 @@ impl BufferPool {
     /// The sender of what RecvMsg put into `id`.
     pub fn received_from(&self, id: BufId) -> Option<SocketAddr> {
         sys::sockaddr_to(&self.meta[id as usize].addr)
+    }
+
+    /// The local address what RecvMsg put into `id` was sent to (from the packet-info
+    /// control message, present on sockets bound to a wildcard address).
+    pub fn received_on(&self, id: BufId) -> Option<IpAddr> {
+        let hdr = &self.meta[id as usize].hdr;
+        // SAFETY: the kernel filled msg_control/msg_controllen of this header; the CMSG
+        // macros walk only within them, and the data is read unaligned.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(hdr);
+            while !c.is_null() {
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                        let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        return Some(IpAddr::V4(Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes())));
+                    }
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                        let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+                c = libc::CMSG_NXTHDR(hdr, c);
+            }
+        }
+        None
     }
 }
 
@@ -127,7 +195,7 @@ mod tests {
         let mut p = BufferPool::new(1);
         let id = p.alloc().unwrap();
         let to: SocketAddr = "192.0.2.1:1194".parse().unwrap();
-        let hdr = p.prepare_send(id, 3, 10, &to);
+        let hdr = p.prepare_send(id, 3, 10, &to, None);
         // SAFETY: hdr points into the pool's metadata, alive for this test.
         let (iov, name) = unsafe { (*(*hdr).msg_iov, (*hdr).msg_name) };
         assert_eq!(iov.iov_len, 7);

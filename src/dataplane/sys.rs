@@ -55,6 +55,13 @@ fn bind(fd: &OwnedFd, addr: &SocketAddr) -> io::Result<()> {
 pub fn udp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
     let fd = socket_for(addr, libc::SOCK_DGRAM)?;
     size_buffers(fd.as_raw_fd());
+    if addr.ip().is_unspecified() {
+        // Learn each datagram's local address, to answer from it (multi-homed hosts).
+        match addr {
+            SocketAddr::V4(_) => set_int_opt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?,
+            SocketAddr::V6(_) => set_int_opt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?,
+        }
+    }
     bind(&fd, addr)?;
     Ok(fd)
 }

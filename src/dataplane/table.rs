@@ -8,7 +8,7 @@
 //! it from its own socket in the same SO_REUSEPORT group. TCP streams cannot be written
 //! by two threads, so those packets are handed to the owner.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,8 +19,9 @@ use crate::proto::openvpn::data::DataKey;
 /// How a session's packets reach its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// Over UDP, from the socket for listen address `listener` (any worker's).
-    Udp { listener: usize, peer: SocketAddr },
+    /// Over UDP, from the socket for listen address `listener` (any worker's), with
+    /// source address `local` when that socket is bound to a wildcard address.
+    Udp { listener: usize, peer: SocketAddr, local: Option<IpAddr> },
     /// Over a TCP connection owned by the session's worker.
     Tcp { peer: SocketAddr },
 }
@@ -165,7 +166,7 @@ mod tests {
             peer_id,
             Ipv4Addr::new(172, 16, 201, last),
             0,
-            Transport::Udp { listener: 0, peer: "192.0.2.1:1".parse().unwrap() },
+            Transport::Udp { listener: 0, peer: "192.0.2.1:1".parse().unwrap(), local: None },
             true,
         ))
     }

@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,7 +60,7 @@ fn split_user_data(ud: u64) -> (u64, u32, u32) {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
-    Udp { listener: usize, peer: SocketAddr },
+    Udp { listener: usize, peer: SocketAddr, local: Option<IpAddr> },
     Tcp { conn: u32 },
 }
 
@@ -254,7 +254,10 @@ impl Worker {
                     return;
                 }
                 match self.bufs.received_from(b) {
-                    Some(peer) => self.on_udp(now, a as usize, peer, b, res as usize),
+                    Some(peer) => {
+                        let local = self.bufs.received_on(b);
+                        self.on_udp(now, Link::Udp { listener: a as usize, peer, local }, b, res as usize)
+                    }
                     None => self.bufs.release(b),
                 }
             }
@@ -295,8 +298,8 @@ impl Worker {
         }
     }
 
-    fn on_udp(&mut self, now: Instant, listener: usize, peer: SocketAddr, b: BufId, len: usize) {
-        let link = Link::Udp { listener, peer };
+    fn on_udp(&mut self, now: Instant, link: Link, b: BufId, len: usize) {
+        let Link::Udp { listener, peer, .. } = link else { return };
         let slot = self.by_addr.get(&(listener, peer)).copied();
         self.on_packet(now, link, slot, b, len);
     }
@@ -412,10 +415,10 @@ impl Worker {
             return;
         };
         match session.transport {
-            Transport::Udp { listener, peer } => {
+            Transport::Udp { listener, peer, local } => {
                 match self.seal_into(session, b, len) {
                     Ok((start, end)) => {
-                        self.send_udp(listener, peer, b, start, end);
+                        self.send_udp(listener, peer, local, b, start, end);
                         self.counters().from_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(reason) => {
@@ -457,8 +460,8 @@ impl Worker {
         Ok(range)
     }
 
-    fn send_udp(&mut self, listener: usize, peer: SocketAddr, b: BufId, start: usize, end: usize) {
-        let hdr = self.bufs.prepare_send(b, start, end, &peer);
+    fn send_udp(&mut self, listener: usize, peer: SocketAddr, local: Option<IpAddr>, b: BufId, start: usize, end: usize) {
+        let hdr = self.bufs.prepare_send(b, start, end, &peer, local);
         let fd = self.io.udp[listener].as_raw_fd();
         self.push(opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(user_data(OP_UDP_SEND, 0, b)));
     }
@@ -568,7 +571,7 @@ impl Worker {
             scheduled: None,
         });
         match link {
-            Link::Udp { listener, peer } => {
+            Link::Udp { listener, peer, .. } => {
                 self.by_addr.insert((listener, peer), slot);
             }
             Link::Tcp { conn } => {
@@ -590,13 +593,13 @@ impl Worker {
 
     fn send_control(&mut self, link: Link, packet: &[u8]) {
         match link {
-            Link::Udp { listener, peer } => {
+            Link::Udp { listener, peer, local } => {
                 let Some(b) = self.bufs.alloc() else {
                     self.count_drop(DropReason::Overload);
                     return;
                 };
                 self.bufs.get_mut(b)[..packet.len()].copy_from_slice(packet);
-                self.send_udp(listener, peer, b, 0, packet.len());
+                self.send_udp(listener, peer, local, b, 0, packet.len());
             }
             Link::Tcp { conn } => self.queue_tcp(conn, packet),
         }
@@ -670,7 +673,7 @@ impl Worker {
         let Some(local) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
         self.free_sessions.push(slot);
         match local.link {
-            Link::Udp { listener, peer } => {
+            Link::Udp { listener, peer, .. } => {
                 if self.by_addr.get(&(listener, peer)) == Some(&slot) {
                     self.by_addr.remove(&(listener, peer));
                 }
@@ -741,7 +744,7 @@ impl Worker {
         let Some(local) = self.sessions.get_mut(handle.slot as usize).and_then(Option::as_mut) else { return };
         if let AuthDecision::Accept(grant) = &decision {
             let transport = match local.link {
-                Link::Udp { listener, peer } => Transport::Udp { listener, peer },
+                Link::Udp { listener, peer, local } => Transport::Udp { listener, peer, local },
                 Link::Tcp { conn } => Transport::Tcp { peer: conns[conn as usize].as_ref().map_or(local.peer, |c| c.peer) },
             };
             let data_v2 = local.proto.peer_info().is_some_and(|p| p.has(iv_proto::DATA_V2));
@@ -828,7 +831,7 @@ impl Worker {
         self.bufs.get_mut(b)[HEADROOM..HEADROOM + data::PING_MAGIC.len()].copy_from_slice(&data::PING_MAGIC);
         match self.seal_into(shared, b, data::PING_MAGIC.len()) {
             Ok((start, end)) => match link {
-                Link::Udp { listener, peer } => self.send_udp(listener, peer, b, start, end),
+                Link::Udp { listener, peer, local } => self.send_udp(listener, peer, local, b, start, end),
                 Link::Tcp { conn } => {
                     let packet = self.bufs.get(b)[start..end].to_owned();
                     self.bufs.release(b);

@@ -10,11 +10,13 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code, unused_imports)]
 
+mod gateway;
 mod netns;
 mod process;
 mod tools;
 mod topology;
 
+pub use gateway::{Gateway, GatewayOptions, GATEWAY_NAME, P2SGW, p2sgw, path, pushed_address};
 pub use netns::{Netns, TestDir, harness_prefix_for, sweep_leftovers};
 pub use process::{Proc, run_with_timeout};
 pub use tools::{

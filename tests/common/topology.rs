@@ -8,6 +8,7 @@
 //! ```
 //!
 //! Clients have no route to the vnet: they reach it only through the VPN (or a route a test adds).
+//! Every client has a host route to 192.168.100.1, the gateway's "public" address.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -75,6 +76,11 @@ impl Topology {
                 CLIENT_IFNAME,
                 &format!("{}/24", client_addr(k)),
             );
+            // Every client reaches the gateway's public address (client 0's side of it),
+            // as laptops on different networks reach one VPN endpoint.
+            if k > 0 {
+                client.ip(&["route", "add", &format!("{}/32", gateway_addr(0)), "via", &gateway_addr(k)]);
+            }
             clients.push(client);
         }
         Topology {

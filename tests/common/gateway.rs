@@ -1,0 +1,130 @@
+//! The p2sgw gateway in a test topology: its own PKI and config in the test's temp
+//! directory, the `serve` process in the gateway namespace, and the CLI verbs a test
+//! needs (issue, revoke, profile).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Proc, Topology};
+
+pub const P2SGW: &str = env!("CARGO_BIN_EXE_p2sgw");
+/// The gateway's address as client 0 sees it (certificate name and profile remote).
+pub const GATEWAY_NAME: &str = "192.168.100.1";
+
+/// Knobs a test may turn; everything else is the config's default.
+pub struct GatewayOptions {
+    pub pool: &'static str,
+    pub keepalive: (u32, u32),
+    pub reneg_secs: u32,
+    pub data_ciphers: &'static str,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            pool: "172.16.201.0/24",
+            keepalive: (2, 10),
+            reneg_secs: 3600,
+            data_ciphers: r#""AES-256-GCM", "CHACHA20-POLY1305", "AES-128-GCM""#,
+        }
+    }
+}
+
+pub struct Gateway {
+    pub state_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub process: Proc,
+}
+
+/// Runs the p2sgw CLI; panics with its output unless it succeeds.
+pub fn p2sgw(args: &[&str]) -> String {
+    let out = Command::new(P2SGW).args(args).output().expect("run p2sgw");
+    assert!(
+        out.status.success(),
+        "p2sgw {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Gateway {
+    pub fn start(topo: &Topology, opts: GatewayOptions) -> Gateway {
+        let state_dir = topo.temp_dir().join("gw");
+        let pki = state_dir.join("pki");
+        p2sgw(&["pki", "init", "--dir", path(&pki), "--gateway", GATEWAY_NAME]);
+        let config_path = topo.temp_dir().join("gw.toml");
+        let (interval, timeout) = opts.keepalive;
+        let config = format!(
+            r#"[gateway]
+name = "{GATEWAY_NAME}"
+state_dir = "{state}"
+
+[network]
+pool = "{pool}"
+routes = ["10.50.0.0/24"]
+dns_servers = ["10.50.0.53"]
+dns_search = ["corp.example"]
+
+[openvpn]
+data_ciphers = [{ciphers}]
+keepalive_interval_secs = {interval}
+keepalive_timeout_secs = {timeout}
+reneg_secs = {reneg}
+"#,
+            state = state_dir.display(),
+            pool = opts.pool,
+            ciphers = opts.data_ciphers,
+            reneg = opts.reneg_secs,
+        );
+        std::fs::write(&config_path, config).expect("write gateway config");
+        p2sgw(&["check-config", path(&config_path)]);
+        let process = topo.gw().spawn(&[P2SGW, "serve", "--config", path(&config_path)], "p2sgw");
+        process.wait_for_log("gateway up", Duration::from_secs(20)).expect("gateway starts");
+        Gateway { state_dir, config_path, process }
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.state_dir.join("pki")
+    }
+
+    /// Issues a client certificate; returns its thumbprint.
+    pub fn issue(&self, name: &str) -> String {
+        p2sgw(&["pki", "issue", "--dir", path(&self.pki_dir()), "--name", name]).trim().to_string()
+    }
+
+    pub fn revoke(&self, name: &str) {
+        p2sgw(&["pki", "revoke", "--dir", path(&self.pki_dir()), "--name", name]);
+    }
+
+    /// Issues `name` (if `issue`) and writes its profile for `transport`.
+    pub fn profile(&self, name: &str, transport: &str) -> PathBuf {
+        let out = self.config_path.with_file_name(format!("{name}-{transport}.ovpn"));
+        p2sgw(&["profile", "--config", path(&self.config_path), "--name", name, "--out", path(&out), "--transport", transport]);
+        out
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// Waits for a line of the gateway log that contains every one of `parts`.
+    pub fn wait_for_line(&self, parts: &[&str], timeout: Duration) -> Result<(), String> {
+        let what = parts.join(" … ");
+        self.process.wait_for_log_with(timeout, &what, |log| {
+            log.lines().any(|l| parts.iter().all(|p| l.contains(p))).then_some(Ok(()))
+        })
+    }
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// The tunnel address openvpn configured, from its log ("ifconfig A M" in PUSH_REPLY).
+pub fn pushed_address(client_log: &str) -> Option<String> {
+    let reply = client_log.lines().find(|l| l.contains("PUSH_REPLY"))?;
+    let at = reply.find("ifconfig ")? + "ifconfig ".len();
+    reply[at..].split([' ', ',']).next().map(str::to_string)
+}
