@@ -162,14 +162,20 @@ fn twenty_clients_get_distinct_addresses_and_all_reach_the_vnet() {
     assert_eq!(addresses.len(), N, "every client has its own address: {addresses:?}");
 }
 
-/// Pings the vnet host from client `k` for `secs` seconds while iperf3 loads the tunnel;
-/// returns the ping result.
+/// Pings the vnet host from client `k` for `secs` seconds while iperf3 sends a steady
+/// 40 Mbit/s (below what the path carries, so that a lost ping means a lost packet,
+/// not a congested queue); returns the ping result.
 fn traffic_for(topo: &Topology, k: usize, secs: u32) -> PingResult {
     let count = (secs * 5).to_string();
     let pinger = topo.client(k).spawn(&["ping", "-c", &count, "-i", "0.2", VNET_HOST_ADDR], "ping");
     let _server = iperf3_server(topo.vnet(), VNET_HOST_ADDR);
-    let load = iperf3_client(topo.client(k), VNET_HOST_ADDR, secs, false);
-    assert!(load.received_bytes > 0, "iperf3 through renegotiations");
+    let load = iperf3_client_with(topo.client(k), VNET_HOST_ADDR, IPERF3_PORT, secs, false, &["--bitrate", "40M"]);
+    let expected = 40e6 / 8.0 * f64::from(secs);
+    assert!(
+        load.received_bytes as f64 > 0.9 * expected,
+        "iperf3 moved {} of {expected} bytes across renegotiations",
+        load.received_bytes
+    );
     pinger.wait_exit(Duration::from_secs(u64::from(secs) + 20)).expect("ping finishes");
     parse_ping_summary(&pinger.log_text())
 }
@@ -181,7 +187,7 @@ fn gateway_renegotiation_every_10_seconds_loses_no_connection() {
     gw.issue("alice");
     let client = connect(&topo, 0, &gw.profile("alice", "udp"), &[]);
     let p = traffic_for(&topo, 0, 25);
-    assert!(p.sent >= 120 && p.loss_pct <= 2.0, "ping across renegotiations: {}", p.output);
+    assert!(p.sent >= 120 && p.received + 1 >= p.sent, "ping across renegotiations: {}", p.output);
     let renegotiations = client.log_text().matches("Outgoing Data Channel: Cipher").count() - 1;
     assert!(renegotiations >= 2, "expected at least two renegotiations, saw {renegotiations}");
     assert!(client.is_running());
@@ -195,7 +201,7 @@ fn client_renegotiation_loses_no_connection() {
     gw.issue("alice");
     let client = connect(&topo, 0, &gw.profile("alice", "tcp"), &["--reneg-sec", "8"]);
     let p = traffic_for(&topo, 0, 20);
-    assert!(p.sent >= 95 && p.loss_pct <= 2.0, "ping across renegotiations: {}", p.output);
+    assert!(p.sent >= 95 && p.received + 1 >= p.sent, "ping across renegotiations: {}", p.output);
     let renegotiations = client.log_text().matches("Outgoing Data Channel: Cipher").count() - 1;
     assert!(renegotiations >= 2, "expected at least two renegotiations, saw {renegotiations}");
     eprintln!("{renegotiations} client-initiated renegotiations, ping loss {:.1}%", p.loss_pct);

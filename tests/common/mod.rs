@@ -21,7 +21,7 @@ pub use netns::{Netns, TestDir, harness_prefix_for, sweep_leftovers};
 pub use process::{Proc, run_with_timeout};
 pub use tools::{
     IPERF3_PORT, IperfResult, OPENVPN_CONNECTED_MARKER, OpenVpnClient, PingResult, iperf3_client,
-    iperf3_client_port, iperf3_server, iperf3_server_port, parse_iperf3_json, parse_ping_summary,
+    iperf3_client_port, iperf3_client_with, iperf3_server, iperf3_server_port, parse_iperf3_json, parse_ping_summary,
     ping, tun_counters, wait_until,
 };
 pub use topology::{

@@ -190,6 +190,18 @@ pub fn iperf3_client_port(
     secs: u32,
     reverse: bool,
 ) -> IperfResult {
+    iperf3_client_with(ns, server, port, secs, reverse, &[])
+}
+
+/// Like [`iperf3_client_port`], with extra iperf3 arguments (e.g. `["--bitrate", "40M"]`).
+pub fn iperf3_client_with(
+    ns: &Netns,
+    server: &str,
+    port: u16,
+    secs: u32,
+    reverse: bool,
+    extra: &[&str],
+) -> IperfResult {
     let (port_text, secs_text) = (port.to_string(), secs.to_string());
     let mut args = vec![
         "iperf3",
@@ -206,6 +218,7 @@ pub fn iperf3_client_port(
     if reverse {
         args.push("--reverse");
     }
+    args.extend_from_slice(extra);
     let output = ns
         .exec_with_timeout(&args, Duration::from_secs(u64::from(secs) + 30))
         .unwrap_or_else(|e| panic!("iperf3 client in {}: {e}", ns.name()));
