@@ -11,6 +11,8 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod dataplane;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pki;
 pub mod pool;
 pub mod profile;

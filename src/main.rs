@@ -167,7 +167,13 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
         PkiCommand::Init { dir, gateway, key } => {
             let s = Pki::init(&dir.dir, &gateway, key)?;
             println!("PKI created in {} ({})", s.dir.display(), s.key_algorithm);
-            println!("root CA:      {} ({}, thumbprint {}, valid until {})", s.ca_cert_path.display(), s.ca_common_name, s.ca_thumbprint, s.ca_not_after);
+            println!(
+                "root CA:      {} ({}, thumbprint {}, valid until {})",
+                s.ca_cert_path.display(),
+                s.ca_common_name,
+                s.ca_thumbprint,
+                s.ca_not_after
+            );
             println!("server cert:  {} (CN {})", s.server_cert_path.display(), s.server_common_name);
             println!("tls-crypt:    {}", s.tls_crypt_key_path.display());
             println!("revocations:  {} and {}", s.revoked_list_path.display(), s.crl_path.display());

@@ -212,11 +212,7 @@ mod tests {
         let all: Vec<Ipv4Addr> = std::iter::from_fn(|| pool.allocate(None)).collect();
         assert_eq!(all.len(), 13);
         assert_eq!(pool.allocate(None), None);
-        assert_eq!(
-            pool.allocate(Some(addr("10.9.0.5"))),
-            None,
-            "a held preferred address is not handed twice"
-        );
+        assert_eq!(pool.allocate(Some(addr("10.9.0.5"))), None, "a held preferred address is not handed twice");
         assert!(pool.release(addr("10.9.0.9")));
         assert_eq!(pool.in_use(), 12);
         assert_eq!(pool.allocate(Some(addr("10.9.0.3"))), Some(addr("10.9.0.9")));
@@ -315,9 +311,8 @@ mod tests {
             let mut free: BTreeSet<u32> = (first..=last).collect();
             let mut rng = XorShift(seed);
             // From a little below the pool to a little above it, to exercise refusals.
-            let random_address = |rng: &mut XorShift| {
-                Ipv4Addr::from(first - 4 + rng.below(u64::from(last - first) + 8) as u32)
-            };
+            let random_address =
+                |rng: &mut XorShift| Ipv4Addr::from(first - 4 + rng.below(u64::from(last - first) + 8) as u32);
             let mut exhausted = false;
             for step in 0..steps {
                 let allocate_percent = if step < steps / 2 { 85 } else { 30 };

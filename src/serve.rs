@@ -127,11 +127,14 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
         "gateway up"
     );
     if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0") {
-        warn!("net.ipv4.ip_forward is 0: clients reach this host but not the networks behind it (sysctl -w net.ipv4.ip_forward=1, or tuning/)");
+        warn!(
+            "net.ipv4.ip_forward is 0: clients reach this host but not the networks behind it (sysctl -w net.ipv4.ip_forward=1, or tuning/)"
+        );
     }
 
     let control = ControlPlane::new(config, shared, identity, trust);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the control plane")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the control plane")?;
     let result = runtime.block_on(control.run(events));
     dataplane.shutdown();
     result

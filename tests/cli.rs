@@ -41,7 +41,13 @@ fn pki_verbs_and_profiles() {
     let profile = run(&["profile", "--config", path(&config), "--name", "alice", "--out", path(&out)]);
     assert!(profile.status.success(), "{}", stderr(&profile));
     let text = std::fs::read_to_string(&out).unwrap();
-    for needle in ["<connection>", "remote vpn.example.com 1194 udp", "remote vpn.example.com 443 tcp-client", "<tls-crypt>", "verify-x509-name vpn.example.com name"] {
+    for needle in [
+        "<connection>",
+        "remote vpn.example.com 1194 udp",
+        "remote vpn.example.com 443 tcp-client",
+        "<tls-crypt>",
+        "verify-x509-name vpn.example.com name",
+    ] {
         assert!(text.contains(needle), "profile lacks {needle:?}");
     }
     use std::os::unix::fs::PermissionsExt as _;
@@ -91,7 +97,10 @@ fn check_config_prints_the_effective_configuration() {
     let file = dir.path().join("gw.toml");
     std::fs::write(
         &file,
-        format!("[gateway]\nname = \"10.1.2.3\"\nstate_dir = \"{}\"\n[network]\nroutes = [\"10.50.0.0/16\"]\n", dir.path().display()),
+        format!(
+            "[gateway]\nname = \"10.1.2.3\"\nstate_dir = \"{}\"\n[network]\nroutes = [\"10.50.0.0/16\"]\n",
+            dir.path().display()
+        ),
     )
     .unwrap();
     let out = run(&["check-config", path(&file)]);

@@ -33,12 +33,13 @@ fn check_traffic(topo: &Topology, k: usize) {
     let (rx1, tx1) = tun_counters(topo.gw(), "p2sgw0");
     // TUN rx = packets the gateway decrypted and wrote; tx = packets it read to encrypt.
     assert!(rx1 - rx0 >= up.received_bytes, "gateway TUN rx grew {} for {} uploaded", rx1 - rx0, up.received_bytes);
-    assert!(tx1 - tx0 >= down.received_bytes, "gateway TUN tx grew {} for {} downloaded", tx1 - tx0, down.received_bytes);
-    eprintln!(
-        "client {k}: up {:.0} Mbit/s, down {:.0} Mbit/s",
-        up.bits_per_second / 1e6,
-        down.bits_per_second / 1e6
+    assert!(
+        tx1 - tx0 >= down.received_bytes,
+        "gateway TUN tx grew {} for {} downloaded",
+        tx1 - tx0,
+        down.received_bytes
     );
+    eprintln!("client {k}: up {:.0} Mbit/s, down {:.0} Mbit/s", up.bits_per_second / 1e6, down.bits_per_second / 1e6);
 }
 
 #[test]
@@ -152,7 +153,8 @@ fn twenty_clients_get_distinct_addresses_and_all_reach_the_vnet() {
             panic!("client {k}: {e}");
         }
     }
-    let mut addresses: Vec<String> = clients.iter().map(|c| pushed_address(&c.log_text()).expect("ifconfig pushed")).collect();
+    let mut addresses: Vec<String> =
+        clients.iter().map(|c| pushed_address(&c.log_text()).expect("ifconfig pushed")).collect();
     for k in 0..N {
         let p = ping(topo.client(k), VNET_HOST_ADDR, 2, Duration::from_millis(200));
         assert!(p.all_received(), "client {k}: {}", p.output);
@@ -236,7 +238,8 @@ fn killed_clients_free_their_address_and_reconnects_keep_theirs() {
     // its address goes to the next client.
     let freed = pushed_address(&clients[0].log_text()).unwrap();
     clients[0].signal(libc::SIGKILL);
-    gw.wait_for_line(&["client disconnected", "user=user0", "no packet from the client"], Duration::from_secs(15)).unwrap();
+    gw.wait_for_line(&["client disconnected", "user=user0", "no packet from the client"], Duration::from_secs(15))
+        .unwrap();
     let late_client = connect(&topo, 5, &late, &[]);
     assert_eq!(pushed_address(&late_client.log_text()).unwrap(), freed);
     let p = ping(topo.client(5), VNET_HOST_ADDR, 2, Duration::from_millis(200));

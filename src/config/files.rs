@@ -36,12 +36,7 @@ fn files_to_check(config: &Config) -> Vec<FileToCheck> {
         optional: false,
     };
     let mut files = vec![
-        named_or_default(
-            "server certificate",
-            "pki.server_cert",
-            &pki.server_cert,
-            config.server_cert_path(),
-        ),
+        named_or_default("server certificate", "pki.server_cert", &pki.server_cert, config.server_cert_path()),
         named_or_default("server private key", "pki.server_key", &pki.server_key, config.server_key_path()),
     ];
     if config.openvpn.tls_crypt {
@@ -72,8 +67,7 @@ fn files_to_check(config: &Config) -> Vec<FileToCheck> {
         FileToCheck {
             what: "CRL",
             path,
-            keys: index
-                .map_or_else(Vec::new, |i| vec![format!("pki.crl_files[{i}]"), "pki.crl_files".to_string()]),
+            keys: index.map_or_else(Vec::new, |i| vec![format!("pki.crl_files[{i}]"), "pki.crl_files".to_string()]),
             optional: index.is_none(),
         }
     }));

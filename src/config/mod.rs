@@ -163,11 +163,7 @@ impl Default for NetworkConfig {
 impl Default for OpenVpnConfig {
     fn default() -> Self {
         OpenVpnConfig {
-            data_ciphers: vec![
-                AeadAlgorithm::Aes256Gcm,
-                AeadAlgorithm::ChaCha20Poly1305,
-                AeadAlgorithm::Aes128Gcm,
-            ],
+            data_ciphers: vec![AeadAlgorithm::Aes256Gcm, AeadAlgorithm::ChaCha20Poly1305, AeadAlgorithm::Aes128Gcm],
             tls_crypt: true,
             keepalive_interval_secs: 10,
             keepalive_timeout_secs: 60,

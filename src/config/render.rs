@@ -59,8 +59,7 @@ pub(super) fn effective_toml(config: &Config) -> String {
         pki.trusted_roots.is_empty().then(|| format!("empty: uses {}", paths(&config.trusted_root_paths())));
     out.key("trusted_roots", paths(&pki.trusted_roots), roots_note.as_deref());
     let own_crl = pki_dir.join("crl.pem");
-    let crl_note =
-        (!pki.crl_files.contains(&own_crl)).then(|| format!("also read when present: {}", path(&own_crl)));
+    let crl_note = (!pki.crl_files.contains(&own_crl)).then(|| format!("also read when present: {}", path(&own_crl)));
     out.key("crl_files", paths(&pki.crl_files), crl_note.as_deref());
     let revoked_note = format!("also read when present: {}", path(&config.revoked_list_path()));
     out.key("revoked_thumbprints", strings(&pki.revoked_thumbprints), Some(&revoked_note));
@@ -75,11 +74,7 @@ pub(super) fn effective_toml(config: &Config) -> String {
     out.key("tls_crypt", openvpn.tls_crypt, None);
     out.key("keepalive_interval_secs", openvpn.keepalive_interval_secs, None);
     out.key("keepalive_timeout_secs", openvpn.keepalive_timeout_secs, None);
-    out.key(
-        "reneg_secs",
-        openvpn.reneg_secs,
-        (openvpn.reneg_secs == 0).then_some("no server-initiated renegotiation"),
-    );
+    out.key("reneg_secs", openvpn.reneg_secs, (openvpn.reneg_secs == 0).then_some("no server-initiated renegotiation"));
     out.key("handshake_window_secs", openvpn.handshake_window_secs, None);
     out.key("tun_mtu", openvpn.tun_mtu, None);
 

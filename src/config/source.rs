@@ -23,15 +23,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("network", &["pool", "routes", "full_tunnel", "dns_servers", "dns_search"]),
     (
         "pki",
-        &[
-            "dir",
-            "server_cert",
-            "server_key",
-            "trusted_roots",
-            "crl_files",
-            "revoked_thumbprints",
-            "tls_crypt_key",
-        ],
+        &["dir", "server_cert", "server_key", "trusted_roots", "crl_files", "revoked_thumbprints", "tls_crypt_key"],
     ),
     (
         "openvpn",
@@ -142,8 +134,7 @@ fn check_keys(document: &DeTable<'_>) -> Result<(), (Range<usize>, String)> {
             return Err((section.span(), message));
         };
         let DeValue::Table(table) = value.get_ref() else {
-            let message =
-                format!("`{0}` must be a table: write its keys under a [{0}] header", section.get_ref());
+            let message = format!("`{0}` must be a table: write its keys under a [{0}] header", section.get_ref());
             return Err((section.span(), message));
         };
         for key in table.keys() {
@@ -175,8 +166,7 @@ fn section_of_key(key: &str) -> Option<&'static str> {
 fn closest<'a>(typo: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let normalise = |s: &str| s.to_ascii_lowercase().replace('-', "_");
     let typo = normalise(typo);
-    let (distance, best) =
-        candidates.map(|c| (edit_distance(&typo, &normalise(c)), c)).min_by_key(|(d, _)| *d)?;
+    let (distance, best) = candidates.map(|c| (edit_distance(&typo, &normalise(c)), c)).min_by_key(|(d, _)| *d)?;
     // One edit in three characters, at least one: "tun_mut" -> "tun_mtu", not "pki" -> "dir".
     (distance <= (typo.chars().count() / 3).max(1)).then_some(best)
 }
@@ -200,11 +190,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 fn index(document: &DeTable<'_>) -> Vec<Entry> {
     let mut entries = Vec::new();
     for (section, value) in document.iter() {
-        entries.push(Entry {
-            path: section.get_ref().to_string(),
-            key_span: section.span(),
-            value_span: value.span(),
-        });
+        entries.push(Entry { path: section.get_ref().to_string(), key_span: section.span(), value_span: value.span() });
         let DeValue::Table(table) = value.get_ref() else { continue };
         for (key, value) in table.iter() {
             let path = format!("{}.{}", section.get_ref(), key.get_ref());
@@ -279,9 +265,7 @@ fn element_error(path: &str, element: &Spanned<DeValue<'_>>) -> Option<String> {
 /// What a value written as a string must look like, for keys whose parse errors are terse.
 fn expected_form(path: &str) -> Option<&'static str> {
     match path {
-        "listen.udp" | "listen.tcp" => {
-            Some("a list of addresses with ports, e.g. [\"0.0.0.0:1194\", \"[::]:1194\"]")
-        }
+        "listen.udp" | "listen.tcp" => Some("a list of addresses with ports, e.g. [\"0.0.0.0:1194\", \"[::]:1194\"]"),
         "network.pool" => Some("an IPv4 prefix, e.g. \"10.8.0.0/24\""),
         "network.routes" => Some("a list of IPv4 prefixes, e.g. [\"10.1.0.0/16\"]"),
         "network.dns_servers" => Some("a list of IP addresses, e.g. [\"10.1.0.4\"]"),

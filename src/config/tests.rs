@@ -69,14 +69,10 @@ fn schema_table_matches_serde() {
     let serialized: toml::Table = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
     let serde_keys: BTreeSet<String> = serialized
         .iter()
-        .flat_map(|(section, table)| {
-            table.as_table().unwrap().keys().map(move |key| format!("{section}.{key}"))
-        })
+        .flat_map(|(section, table)| table.as_table().unwrap().keys().map(move |key| format!("{section}.{key}")))
         .collect();
-    let schema_keys: BTreeSet<String> = SCHEMA
-        .iter()
-        .flat_map(|(section, keys)| keys.iter().map(move |key| format!("{section}.{key}")))
-        .collect();
+    let schema_keys: BTreeSet<String> =
+        SCHEMA.iter().flat_map(|(section, keys)| keys.iter().map(move |key| format!("{section}.{key}"))).collect();
     assert_eq!(serde_keys, schema_keys);
 }
 
@@ -96,8 +92,7 @@ fn every_array_key_has_an_element_check() {
 #[test]
 fn defaults_round_trip_through_the_effective_toml() {
     let text = Config::default().to_toml_string();
-    let parsed =
-        Config::from_toml_str(&text, Path::new("effective.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let parsed = Config::from_toml_str(&text, Path::new("effective.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(parsed, Config::default());
 }
 
@@ -118,8 +113,7 @@ fn example_sets_every_key_and_round_trips() {
     assert_ne!(config, Config::default());
 
     let text = config.to_toml_string();
-    let reparsed =
-        Config::from_toml_str(&text, Path::new("effective.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let reparsed = Config::from_toml_str(&text, Path::new("effective.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(reparsed, config);
 }
 
@@ -137,14 +131,8 @@ fn effective_toml_shows_every_key_and_derived_paths() {
     assert!(text.contains("# dir = \"/var/lib/p2sgw/pki\""), "{text}");
     assert!(text.contains("# server_cert = \"/var/lib/p2sgw/pki/server.crt\""), "{text}");
     assert!(text.contains("empty: uses [\"/var/lib/p2sgw/pki/ca.crt\"]"), "{text}");
-    assert!(
-        text.contains("pool = \"172.16.201.0/24\"  # gateway 172.16.201.1, 253 client addresses"),
-        "{text}"
-    );
-    assert!(
-        text.contains("data_ciphers = [\"AES-256-GCM\", \"CHACHA20-POLY1305\", \"AES-128-GCM\"]"),
-        "{text}"
-    );
+    assert!(text.contains("pool = \"172.16.201.0/24\"  # gateway 172.16.201.1, 253 client addresses"), "{text}");
+    assert!(text.contains("data_ciphers = [\"AES-256-GCM\", \"CHACHA20-POLY1305\", \"AES-128-GCM\"]"), "{text}");
 }
 
 #[test]
@@ -158,8 +146,7 @@ fn empty_file_is_the_defaults() {
 fn error_display_is_file_line_column_message() {
     let error = ConfigError { file: "/etc/p2sgw.toml".into(), line: 3, column: 8, message: "bad".into() };
     assert_eq!(error.to_string(), "/etc/p2sgw.toml:3:8: bad");
-    let whole_file =
-        ConfigError { file: "/etc/p2sgw.toml".into(), line: 0, column: 0, message: "gone".into() };
+    let whole_file = ConfigError { file: "/etc/p2sgw.toml".into(), line: 0, column: 0, message: "gone".into() };
     assert_eq!(whole_file.to_string(), "/etc/p2sgw.toml: gone");
 }
 
@@ -186,8 +173,7 @@ fn duplicate_key_is_located() {
 
 #[test]
 fn type_errors_are_located_and_name_the_key() {
-    let error =
-        assert_refused(&["[openvpn]", "tls_crypt = true", "tun_mtu = \"big\""], 3, "openvpn.tun_mtu:");
+    let error = assert_refused(&["[openvpn]", "tls_crypt = true", "tun_mtu = \"big\""], 3, "openvpn.tun_mtu:");
     assert_eq!(error.column, 11);
     assert_refused(&["", "[openvpn]", "reneg_secs = -1"], 3, "openvpn.reneg_secs: invalid value");
     assert_refused(&["[network]", "pool = \"10.0.0.0/33\""], 2, "(format: an IPv4 prefix");
@@ -206,17 +192,9 @@ fn unknown_cipher_lands_on_its_own_line() {
 
 #[test]
 fn bad_array_elements_land_on_their_own_line() {
-    assert_refused(
-        &["[network]", "routes = [", "  \"10.1.0.0/16\",", "  \"10.2.0.0\",", "]"],
-        4,
-        "network.routes",
-    );
+    assert_refused(&["[network]", "routes = [", "  \"10.1.0.0/16\",", "  \"10.2.0.0\",", "]"], 4, "network.routes");
     assert_refused(&["[listen]", "udp = [", "  \"0.0.0.0:1194\",", "  \"0.0.0.0\",", "]"], 4, "listen.udp");
-    assert_refused(
-        &["[network]", "dns_servers = [", "  \"10.0.0.1\",", "  5,", "]"],
-        4,
-        "network.dns_servers",
-    );
+    assert_refused(&["[network]", "dns_servers = [", "  \"10.0.0.1\",", "  5,", "]"], 4, "network.dns_servers");
 }
 
 #[test]
@@ -255,10 +233,7 @@ fn dotted_and_inline_tables_are_located_too() {
 fn pool_must_be_slash_29_or_larger() {
     let error = assert_refused(&["[network]", "full_tunnel = true", "pool = \"10.0.0.0/30\""], 3, "");
     assert_eq!(error.message, "pool 10.0.0.0/30 is too small: a pool must be /29 or larger");
-    assert_eq!(
-        error.to_string(),
-        "test.toml:3:1: pool 10.0.0.0/30 is too small: a pool must be /29 or larger"
-    );
+    assert_eq!(error.to_string(), "test.toml:3:1: pool 10.0.0.0/30 is too small: a pool must be /29 or larger");
     let config = accepted(&["[network]", "pool = \"10.0.0.0/29\""]);
     assert_eq!(config.network.pool.prefix_len(), 29);
 }
@@ -285,14 +260,7 @@ fn pool_must_be_a_network_address() {
 #[test]
 fn route_overlapping_the_pool_names_both() {
     assert_refused(
-        &[
-            "[network]",
-            "pool = \"10.8.0.0/24\"",
-            "routes = [",
-            "  \"10.1.0.0/16\",",
-            "  \"10.0.0.0/8\",",
-            "]",
-        ],
+        &["[network]", "pool = \"10.8.0.0/24\"", "routes = [", "  \"10.1.0.0/16\",", "  \"10.0.0.0/8\",", "]"],
         5,
         "route 10.0.0.0/8 overlaps the client pool 10.8.0.0/24",
     );
@@ -339,11 +307,7 @@ fn dns_search_entries_must_be_dns_names() {
         );
     }
     let long_label = "a".repeat(64);
-    assert_refused(
-        &["[network]", &format!("dns_search = [\"{long_label}.com\"]")],
-        2,
-        "is not a valid DNS name",
-    );
+    assert_refused(&["[network]", &format!("dns_search = [\"{long_label}.com\"]")], 2, "is not a valid DNS name");
 }
 
 #[test]
@@ -377,11 +341,7 @@ fn data_ciphers_must_be_non_empty_and_distinct() {
 
 #[test]
 fn keepalive_rules() {
-    assert_refused(
-        &["[openvpn]", "keepalive_interval_secs = 0"],
-        2,
-        "keepalive_interval_secs must be at least 1",
-    );
+    assert_refused(&["[openvpn]", "keepalive_interval_secs = 0"], 2, "keepalive_interval_secs must be at least 1");
     assert_refused(
         &["[openvpn]", "keepalive_interval_secs = 20", "keepalive_timeout_secs = 39"],
         3,
@@ -483,23 +443,16 @@ fn revoked_thumbprints_are_40_hex_digits() {
         4,
         "is not a SHA-1 thumbprint",
     );
-    assert_refused(
-        &["[pki]", "revoked_thumbprints = [\"3af81c55029b4e7dc190abcdef0123456789abcg\"]"],
-        2,
-        "SHA-1",
-    );
+    assert_refused(&["[pki]", "revoked_thumbprints = [\"3af81c55029b4e7dc190abcdef0123456789abcg\"]"], 2, "SHA-1");
 }
 
 #[test]
 fn parse_thumbprint_decodes_and_refuses_signs() {
     let expected = [
-        0x3a, 0xf8, 0x1c, 0x55, 0x02, 0x9b, 0x4e, 0x7d, 0xc1, 0x90, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67,
-        0x89, 0xab, 0xcd,
+        0x3a, 0xf8, 0x1c, 0x55, 0x02, 0x9b, 0x4e, 0x7d, 0xc1, 0x90, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89,
+        0xab, 0xcd,
     ];
-    assert_eq!(
-        parse_thumbprint("3A:F8:1C:55:02:9B:4E:7D:C1:90:AB:CD:EF:01:23:45:67:89:AB:CD"),
-        Some(expected)
-    );
+    assert_eq!(parse_thumbprint("3A:F8:1C:55:02:9B:4E:7D:C1:90:AB:CD:EF:01:23:45:67:89:AB:CD"), Some(expected));
     // from_str_radix would take "+f" as 15.
     assert_eq!(parse_thumbprint("+f f81c55029b4e7dc190abcdef0123456789abcd"), None);
     assert_eq!(parse_thumbprint(""), None);
@@ -514,16 +467,8 @@ fn empty_paths_are_refused() {
 
 #[test]
 fn the_first_problem_in_the_file_is_reported() {
-    assert_refused(
-        &["[dataplane]", "workers = 1000", "[network]", "pool = \"10.0.0.0/30\""],
-        2,
-        "workers (1000)",
-    );
-    assert_refused(
-        &["[network]", "pool = \"10.0.0.0/30\"", "[dataplane]", "workers = 1000"],
-        2,
-        "is too small",
-    );
+    assert_refused(&["[dataplane]", "workers = 1000", "[network]", "pool = \"10.0.0.0/30\""], 2, "workers (1000)");
+    assert_refused(&["[network]", "pool = \"10.0.0.0/30\"", "[dataplane]", "workers = 1000"], 2, "is too small");
 }
 
 #[test]
@@ -536,10 +481,7 @@ fn validate_in_code_has_no_line() {
     let mut built = Config::default();
     built.dataplane.workers = 999;
     let error = built.validate().unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "<built-in configuration>: workers (999) must be at most 256 (0 means one per CPU)"
-    );
+    assert_eq!(error.to_string(), "<built-in configuration>: workers (999) must be at most 256 (0 means one per CPU)");
 }
 
 // ---- loading from files ----
@@ -561,10 +503,7 @@ fn load_reads_a_file() {
 fn unreadable_file_gives_a_clear_error() {
     let error = Config::load(Path::new("/nonexistent/p2sgw.toml")).unwrap_err();
     assert_eq!(error.line, 0);
-    assert!(
-        error.to_string().starts_with("/nonexistent/p2sgw.toml: cannot read the configuration file: "),
-        "{error}"
-    );
+    assert!(error.to_string().starts_with("/nonexistent/p2sgw.toml: cannot read the configuration file: "), "{error}");
 }
 
 #[test]
@@ -625,14 +564,11 @@ fn check_files_blames_the_pki_dir_for_a_missing_default() {
     let dir = TempDir::new("default");
     let pki = pki_fixture(&dir);
     std::fs::remove_file(pki.join("server.key")).unwrap();
-    let config =
-        accepted(&["[openvpn]", "tun_mtu = 1400", "[pki]", &format!("dir = {:?}", pki.to_str().unwrap())]);
+    let config = accepted(&["[openvpn]", "tun_mtu = 1400", "[pki]", &format!("dir = {:?}", pki.to_str().unwrap())]);
     let error = config.check_files().unwrap_err();
     assert_eq!(error.line, 4);
     assert!(
-        error
-            .message
-            .starts_with(&format!("server private key {} does not exist", pki.join("server.key").display()))
+        error.message.starts_with(&format!("server private key {} does not exist", pki.join("server.key").display()))
     );
     assert!(error.message.contains("p2sgw pki init"), "{}", error.message);
 }
@@ -643,11 +579,7 @@ fn check_files_with_nothing_configured_has_no_line() {
     config.gateway.state_dir = "/nonexistent/p2sgw-state".into();
     let error = config.check_files().unwrap_err();
     assert_eq!(error.line, 0);
-    assert!(
-        error.message.contains("/nonexistent/p2sgw-state/pki/server.crt does not exist"),
-        "{}",
-        error.message
-    );
+    assert!(error.message.contains("/nonexistent/p2sgw-state/pki/server.crt does not exist"), "{}", error.message);
 }
 
 #[test]
@@ -660,13 +592,8 @@ fn check_files_needs_the_tls_crypt_key_only_when_enabled() {
     let error = on.check_files().unwrap_err();
     assert_eq!(error.line, 3);
     assert!(error.message.starts_with("tls-crypt key /nonexistent/tc.key does not exist"));
-    let off = accepted(&[
-        "[pki]",
-        &pki_line,
-        "tls_crypt_key = \"/nonexistent/tc.key\"",
-        "[openvpn]",
-        "tls_crypt = false",
-    ]);
+    let off =
+        accepted(&["[pki]", &pki_line, "tls_crypt_key = \"/nonexistent/tc.key\"", "[openvpn]", "tls_crypt = false"]);
     off.check_files().unwrap();
 }
 
@@ -682,4 +609,10 @@ fn check_files_refuses_a_directory_and_points_at_the_root_entry() {
     let error = config.check_files().unwrap_err();
     assert_eq!(error.line, 3);
     assert_eq!(error.message, format!("trusted root {} is not a regular file", pki.display()));
+}
+
+#[test]
+fn readme_shows_the_tested_example() {
+    let readme = include_str!("../../README.md");
+    assert!(readme.contains(EXAMPLE.trim_end()), "README.md's example config differs from src/config/example.toml");
 }

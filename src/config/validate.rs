@@ -43,8 +43,7 @@ fn check_gateway(config: &Config, problems: &mut Vec<Problem>) {
                 "gateway.name is empty: remove the key to use this host's name".to_string(),
             ));
         } else if name.parse::<IpAddr>().is_err() && !is_dns_name(name) {
-            let bracket_hint =
-                if name.starts_with('[') { " (write IPv6 addresses without brackets)" } else { "" };
+            let bracket_hint = if name.starts_with('[') { " (write IPv6 addresses without brackets)" } else { "" };
             problems.push(Problem::new(
                 &["gateway.name"],
                 format!("gateway.name {name:?} is neither a valid DNS name nor an IP address{bracket_hint}"),
@@ -225,12 +224,7 @@ fn check_openvpn(config: &Config, problems: &mut Vec<Problem>) {
     if !TUN_MTU.contains(&openvpn.tun_mtu) {
         problems.push(Problem::new(
             &["openvpn.tun_mtu"],
-            format!(
-                "tun_mtu ({}) must be between {} and {}",
-                openvpn.tun_mtu,
-                TUN_MTU.start(),
-                TUN_MTU.end()
-            ),
+            format!("tun_mtu ({}) must be between {} and {}", openvpn.tun_mtu, TUN_MTU.start(), TUN_MTU.end()),
         ));
     }
 }
@@ -248,9 +242,7 @@ fn check_dataplane(config: &Config, problems: &mut Vec<Problem>) {
     let problem = if name.is_empty() {
         Some("tun_name is empty".to_string())
     } else if name.len() > MAX_TUN_NAME_LEN {
-        Some(format!(
-            "tun_name {name:?} is longer than {MAX_TUN_NAME_LEN} bytes (Linux interface name limit)"
-        ))
+        Some(format!("tun_name {name:?} is longer than {MAX_TUN_NAME_LEN} bytes (Linux interface name limit)"))
     } else if !valid_chars {
         Some(format!("tun_name {name:?} may only contain letters, digits, '_', '.' and '-'"))
     } else if name == "." || name == ".." {
@@ -271,8 +263,7 @@ fn check_path_not_empty(key: &str, path: &Path, problems: &mut Vec<Problem>) {
 
 /// "pool 10.0.0.1/24 has host bits set: write it as 10.0.0.0/24" (None for a network address).
 fn host_bits_message(what: &str, net: Ipv4Net) -> Option<String> {
-    (net.addr() != net.network())
-        .then(|| format!("{what} {net} has host bits set: write it as {}", net.trunc()))
+    (net.addr() != net.network()).then(|| format!("{what} {net} has host bits set: write it as {}", net.trunc()))
 }
 
 /// Two prefixes overlap exactly when one contains the other's network address.

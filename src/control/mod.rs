@@ -104,11 +104,19 @@ impl ControlPlane {
                 let decision = self.authenticate(handle, peer, transport, &request);
                 self.shared.inboxes[handle.worker].send(WorkerCommand::AuthResult { handle, decision });
             }
-            ControlEvent::Closed { handle, peer, peer_id, address, reason } => self.closed(handle, peer, peer_id, address, reason),
+            ControlEvent::Closed { handle, peer, peer_id, address, reason } => {
+                self.closed(handle, peer, peer_id, address, reason)
+            }
         }
     }
 
-    fn authenticate(&mut self, handle: LocalHandle, peer: SocketAddr, transport: &'static str, request: &AuthRequest) -> AuthDecision {
+    fn authenticate(
+        &mut self,
+        handle: LocalHandle,
+        peer: SocketAddr,
+        transport: &'static str,
+        request: &AuthRequest,
+    ) -> AuthDecision {
         let reject = |reason: &str| {
             warn!(%peer, transport, reason, "authentication refused");
             AuthDecision::Reject { reason: reason.to_string() }
@@ -168,7 +176,14 @@ impl ControlPlane {
         AuthDecision::Accept(AuthGrant { push: self.push_config(address), peer_id })
     }
 
-    fn closed(&mut self, handle: LocalHandle, peer: SocketAddr, peer_id: Option<u32>, address: Option<Ipv4Addr>, reason: CloseReason) {
+    fn closed(
+        &mut self,
+        handle: LocalHandle,
+        peer: SocketAddr,
+        peer_id: Option<u32>,
+        address: Option<Ipv4Addr>,
+        reason: CloseReason,
+    ) {
         let Some(peer_id) = peer_id else {
             match &reason {
                 CloseReason::Tls(e) => warn!(%peer, error = %e, "TLS handshake failed"),
@@ -191,11 +206,11 @@ impl ControlPlane {
             let secs = rec.since.elapsed().map_or(0, |d| d.as_secs());
             info!(user = %rec.identity.common_name, peer = %rec.peer, transport = rec.transport, address = %rec.address, connected_secs = secs, %reason, "client disconnected");
         }
-        if let Some(address) = address {
-            if self.address_owner.get(&address) == Some(&peer_id) {
-                self.address_owner.remove(&address);
-                self.pool.release(address);
-            }
+        if let Some(address) = address
+            && self.address_owner.get(&address) == Some(&peer_id)
+        {
+            self.address_owner.remove(&address);
+            self.pool.release(address);
         }
         self.free_peer_ids.push(peer_id);
     }

@@ -27,7 +27,11 @@ pub fn server_config(trust: &TrustStore, identity: &ServerIdentity) -> anyhow::R
     Ok(cfg)
 }
 
-pub fn openvpn_settings(config: &Config, trust: &TrustStore, identity: &ServerIdentity) -> anyhow::Result<Arc<ServerSettings>> {
+pub fn openvpn_settings(
+    config: &Config,
+    trust: &TrustStore,
+    identity: &ServerIdentity,
+) -> anyhow::Result<Arc<ServerSettings>> {
     let o = &config.openvpn;
     Ok(Arc::new(ServerSettings {
         tls: Arc::new(server_config(trust, identity)?),

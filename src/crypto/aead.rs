@@ -58,12 +58,9 @@ impl fmt::Display for AeadAlgorithm {
 impl FromStr for AeadAlgorithm {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|a| a.openvpn_name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                format!("unknown data cipher {s:?} (supported: AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305)")
-            })
+        Self::ALL.into_iter().find(|a| a.openvpn_name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            format!("unknown data cipher {s:?} (supported: AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305)")
+        })
     }
 }
 
@@ -91,8 +88,7 @@ pub struct AeadKey {
 
 impl AeadKey {
     pub fn new(algorithm: AeadAlgorithm, key: &[u8]) -> Result<AeadKey, CryptoError> {
-        let wrong_length =
-            CryptoError::WrongKeyLength { algorithm, expected: algorithm.key_len(), actual: key.len() };
+        let wrong_length = CryptoError::WrongKeyLength { algorithm, expected: algorithm.key_len(), actual: key.len() };
         if key.len() != algorithm.key_len() {
             return Err(wrong_length);
         }
@@ -213,11 +209,7 @@ mod tests {
     #[test]
     fn aes_gcm_empty_plaintext_test_cases_1_and_13() {
         for (algorithm, key, tag) in [
-            (
-                AeadAlgorithm::Aes128Gcm,
-                "00000000000000000000000000000000",
-                "58e2fccefa7e3061367f1d57a4e7455a",
-            ),
+            (AeadAlgorithm::Aes128Gcm, "00000000000000000000000000000000", "58e2fccefa7e3061367f1d57a4e7455a"),
             (
                 AeadAlgorithm::Aes256Gcm,
                 "0000000000000000000000000000000000000000000000000000000000000000",

@@ -112,7 +112,8 @@ impl BufferPool {
                         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
                     }
                     IpAddr::V6(a) => {
-                        let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: a.octets() }, ipi6_ifindex: 0 };
+                        let info =
+                            libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: a.octets() }, ipi6_ifindex: 0 };
                         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
                     }
                 }

@@ -49,16 +49,29 @@ pub enum ControlEvent {
     /// [`WorkerCommand::AuthResult`].
     Authenticate { handle: LocalHandle, peer: SocketAddr, transport: &'static str, request: Box<AuthRequest> },
     /// A session ended. `peer_id`/`address` are set when it held a grant.
-    Closed { handle: LocalHandle, peer: SocketAddr, peer_id: Option<u32>, address: Option<Ipv4Addr>, reason: CloseReason },
+    Closed {
+        handle: LocalHandle,
+        peer: SocketAddr,
+        peer_id: Option<u32>,
+        address: Option<Ipv4Addr>,
+        reason: CloseReason,
+    },
 }
 
 /// From the control plane to one worker.
 #[derive(Debug)]
 pub enum WorkerCommand {
-    AuthResult { handle: LocalHandle, decision: AuthDecision },
+    AuthResult {
+        handle: LocalHandle,
+        decision: AuthDecision,
+    },
     /// Ends a session; `notice` is sent to the client first (e.g. "RESTART",
     /// "AUTH_FAILED,certificate revoked").
-    Close { peer_id: u32, reason: String, notice: Option<String> },
+    Close {
+        peer_id: u32,
+        reason: String,
+        notice: Option<String>,
+    },
     /// Tell every client to reconnect elsewhere, then stop.
     Shutdown,
 }
@@ -155,10 +168,10 @@ impl Dataplane {
             let shared = shared.clone();
             let cpu = cpus.get(index).copied();
             let t = std::thread::Builder::new().name(format!("p2sgw-worker-{index}")).spawn(move || {
-                if let Some(cpu) = cpu {
-                    if let Err(e) = sys::pin_to_cpu(cpu) {
-                        tracing::warn!(worker = index, cpu, error = %e, "cannot pin worker to its CPU");
-                    }
+                if let Some(cpu) = cpu
+                    && let Err(e) = sys::pin_to_cpu(cpu)
+                {
+                    tracing::warn!(worker = index, cpu, error = %e, "cannot pin worker to its CPU");
                 }
                 match worker::Worker::new(index, shared, io) {
                     Ok(mut w) => {

@@ -13,7 +13,13 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
 fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: value is a valid c_int living across the call; the size matches.
     cvt(unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
     })
     .map(drop)
 }

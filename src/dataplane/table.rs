@@ -144,7 +144,9 @@ impl SessionTable {
 
     /// The session for packets to `address`. Workers hold a guard from
     /// [`Self::address_guard`] across a batch and use [`Self::lookup_address`].
-    pub fn address_guard(&self) -> papaya::HashMapRef<'_, Ipv4Addr, Arc<SessionShared>, std::hash::RandomState, papaya::LocalGuard<'_>> {
+    pub fn address_guard(
+        &self,
+    ) -> papaya::HashMapRef<'_, Ipv4Addr, Arc<SessionShared>, std::hash::RandomState, papaya::LocalGuard<'_>> {
         self.by_address.pin()
     }
 

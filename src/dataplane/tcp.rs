@@ -36,7 +36,10 @@ pub struct TcpConn {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
     /// A complete packet at `recv[start..end]`.
-    Packet { start: usize, end: usize },
+    Packet {
+        start: usize,
+        end: usize,
+    },
     Incomplete,
     /// Length 0 or above [`MAX_FRAME`]: the stream is not OpenVPN.
     Invalid,

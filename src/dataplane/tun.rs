@@ -21,7 +21,8 @@ pub fn create(name: &str, address: Ipv4Addr, pool: Ipv4Net, mtu: u16, queues: us
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create TUN device {name}: {e}")))?;
     let mut fds = Vec::with_capacity(queues);
     for _ in 1..queues {
-        let q = first.try_clone().map_err(|e| io::Error::new(e.kind(), format!("cannot add a queue to {name}: {e}")))?;
+        let q =
+            first.try_clone().map_err(|e| io::Error::new(e.kind(), format!("cannot add a queue to {name}: {e}")))?;
         // SAFETY: into_raw_fd hands over ownership of a valid fd.
         fds.push(unsafe { OwnedFd::from_raw_fd(q.into_raw_fd()) });
     }

@@ -174,10 +174,10 @@ impl Worker {
             let wait = deadline.saturating_duration_since(now).max(Duration::from_micros(50));
             let ts = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
             let args = types::SubmitArgs::new().timespec(&ts);
-            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
-                if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) {
-                    return Err(e);
-                }
+            if let Err(e) = self.ring.submitter().submit_with_args(1, &args)
+                && !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN))
+            {
+                return Err(e);
             }
             completions.clear();
             completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
@@ -201,11 +201,11 @@ impl Worker {
                 next_tick = now + TICK;
             }
             self.rearm();
-            if let Some(t) = self.shutdown_at {
-                if now >= t || self.sessions.iter().all(Option::is_none) {
-                    let _ = self.ring.submit();
-                    return Ok(());
-                }
+            if let Some(t) = self.shutdown_at
+                && (now >= t || self.sessions.iter().all(Option::is_none))
+            {
+                let _ = self.ring.submit();
+                return Ok(());
             }
         }
     }
@@ -218,7 +218,11 @@ impl Worker {
                 let Some(b) = self.bufs.alloc() else { return };
                 let hdr = self.bufs.prepare_recv(b, 0);
                 let fd = self.io.udp[listener].as_raw_fd();
-                self.push(opcode::RecvMsg::new(types::Fd(fd), hdr).build().user_data(user_data(OP_UDP_RECV, listener as u32, b)));
+                self.push(opcode::RecvMsg::new(types::Fd(fd), hdr).build().user_data(user_data(
+                    OP_UDP_RECV,
+                    listener as u32,
+                    b,
+                )));
                 self.udp_armed[listener] += 1;
             }
         }
@@ -226,14 +230,24 @@ impl Worker {
             let Some(b) = self.bufs.alloc() else { return };
             let ptr = self.bufs.get_mut(b)[HEADROOM..].as_mut_ptr();
             let fd = self.io.tun.as_raw_fd();
-            self.push(opcode::Read::new(types::Fd(fd), ptr, (BUF_SIZE - HEADROOM) as u32).build().user_data(user_data(OP_TUN_READ, 0, b)));
+            self.push(
+                opcode::Read::new(types::Fd(fd), ptr, (BUF_SIZE - HEADROOM) as u32).build().user_data(user_data(
+                    OP_TUN_READ,
+                    0,
+                    b,
+                )),
+            );
             self.tun_armed += 1;
         }
     }
 
     fn arm_accept(&mut self, listener: usize) {
         let fd = self.io.tcp[listener].as_raw_fd();
-        self.push(opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build().user_data(user_data(OP_TCP_ACCEPT, listener as u32, 0)));
+        self.push(opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build().user_data(user_data(
+            OP_TCP_ACCEPT,
+            listener as u32,
+            0,
+        )));
     }
 
     fn arm_wake(&mut self) {
@@ -289,10 +303,8 @@ impl Worker {
             }
             OP_TCP_RECV => self.on_tcp_recv(now, a, b, res),
             OP_TCP_SEND => self.on_tcp_sent(a, b, res),
-            OP_WAKE => {
-                if self.shutdown_at.is_none() || res > 0 {
-                    self.arm_wake();
-                }
+            OP_WAKE if (self.shutdown_at.is_none() || res > 0) => {
+                self.arm_wake();
             }
             _ => {}
         }
@@ -396,7 +408,11 @@ impl Worker {
     fn write_tun(&mut self, b: BufId, start: usize, end: usize) {
         let ptr = self.bufs.get_mut(b)[start..].as_ptr();
         let fd = self.io.tun.as_raw_fd();
-        self.push(opcode::Write::new(types::Fd(fd), ptr, (end - start) as u32).build().user_data(user_data(OP_TUN_WRITE, 0, b)));
+        self.push(opcode::Write::new(types::Fd(fd), ptr, (end - start) as u32).build().user_data(user_data(
+            OP_TUN_WRITE,
+            0,
+            b,
+        )));
         self.counters().to_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -415,24 +431,23 @@ impl Worker {
             return;
         };
         match session.transport {
-            Transport::Udp { listener, peer, local } => {
-                match self.seal_into(session, b, len) {
-                    Ok((start, end)) => {
-                        self.send_udp(listener, peer, local, b, start, end);
-                        self.counters().from_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(reason) => {
-                        self.bufs.release(b);
-                        self.count_drop(reason);
-                    }
+            Transport::Udp { listener, peer, local } => match self.seal_into(session, b, len) {
+                Ok((start, end)) => {
+                    self.send_udp(listener, peer, local, b, start, end);
+                    self.counters().from_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-            }
+                Err(reason) => {
+                    self.bufs.release(b);
+                    self.count_drop(reason);
+                }
+            },
             Transport::Tcp { .. } => {
                 if session.owner == self.index {
                     let peer_id = session.peer_id;
                     self.send_tcp_data(peer_id, b, len);
                 } else {
-                    let ok = self.shared.inboxes[session.owner].hand_off(session.peer_id, &self.bufs.get(b)[HEADROOM..HEADROOM + len]);
+                    let ok = self.shared.inboxes[session.owner]
+                        .hand_off(session.peer_id, &self.bufs.get(b)[HEADROOM..HEADROOM + len]);
                     self.bufs.release(b);
                     if ok {
                         self.counters().handoffs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -460,7 +475,15 @@ impl Worker {
         Ok(range)
     }
 
-    fn send_udp(&mut self, listener: usize, peer: SocketAddr, local: Option<IpAddr>, b: BufId, start: usize, end: usize) {
+    fn send_udp(
+        &mut self,
+        listener: usize,
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+        b: BufId,
+        start: usize,
+        end: usize,
+    ) {
         let hdr = self.bufs.prepare_send(b, start, end, &peer, local);
         let fd = self.io.udp[listener].as_raw_fd();
         self.push(opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(user_data(OP_UDP_SEND, 0, b)));
@@ -515,9 +538,11 @@ impl Worker {
                     return;
                 }
                 // The client restarted with a new session: let the acceptor start one.
-                Err(SessionError::WrongSession) if packet.first().map(|b| b >> 3) == Some(Opcode::HardResetClientV2 as u8) => {}
                 Err(SessionError::WrongSession)
-                    if packet.first().is_some_and(|b| matches!(b >> 3, 4 | 5)) && local.proto.send_key_id().is_none() => {}
+                    if packet.first().map(|b| b >> 3) == Some(Opcode::HardResetClientV2 as u8) => {}
+                Err(SessionError::WrongSession)
+                    if packet.first().is_some_and(|b| matches!(b >> 3, 4 | 5))
+                        && local.proto.send_key_id().is_none() => {}
                 Err(e) => {
                     debug!(worker = self.index, error = %e, "control packet refused");
                     self.count_drop(DropReason::ControlRefused);
@@ -532,7 +557,11 @@ impl Worker {
             Ok(Accepted::Session(session)) => {
                 if let Some(old) = slot {
                     if let Some(l) = self.local_mut(old) {
-                        l.proto.close(now, CloseReason::Local("replaced by a new connection from the same address".into()), None);
+                        l.proto.close(
+                            now,
+                            CloseReason::Local("replaced by a new connection from the same address".into()),
+                            None,
+                        );
                     }
                     self.drive(now, old);
                 }
@@ -549,7 +578,9 @@ impl Worker {
     fn link_peer(&self, link: Link) -> SocketAddr {
         match link {
             Link::Udp { peer, .. } => peer,
-            Link::Tcp { conn } => self.conns[conn as usize].as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.peer),
+            Link::Tcp { conn } => {
+                self.conns[conn as usize].as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.peer)
+            }
         }
     }
 
@@ -561,15 +592,8 @@ impl Worker {
         });
         let generation = self.session_generations[slot as usize].wrapping_add(1);
         self.session_generations[slot as usize] = generation;
-        self.sessions[slot as usize] = Some(Local {
-            generation,
-            proto,
-            link,
-            peer,
-            shared: None,
-            replay: Default::default(),
-            scheduled: None,
-        });
+        self.sessions[slot as usize] =
+            Some(Local { generation, proto, link, peer, shared: None, replay: Default::default(), scheduled: None });
         match link {
             Link::Udp { listener, peer, .. } => {
                 self.by_addr.insert((listener, peer), slot);
@@ -616,14 +640,13 @@ impl Worker {
         while let Some(event) = self.local_mut(slot).and_then(|l| l.proto.poll_event()) {
             self.on_event(slot, event);
         }
-        if let Some(local) = self.local_mut(slot) {
-            if let Some(t) = local.proto.poll_timeout() {
-                if local.scheduled.is_none_or(|s| t < s) {
-                    local.scheduled = Some(t);
-                    let generation = local.generation;
-                    self.timers.push(Reverse((t, slot, generation)));
-                }
-            }
+        if let Some(local) = self.local_mut(slot)
+            && let Some(t) = local.proto.poll_timeout()
+            && local.scheduled.is_none_or(|s| t < s)
+        {
+            local.scheduled = Some(t);
+            let generation = local.generation;
+            self.timers.push(Reverse((t, slot, generation)));
         }
     }
 
@@ -635,7 +658,12 @@ impl Worker {
                 let handle = LocalHandle { worker: index, slot, generation: local.generation };
                 let transport = if matches!(local.link, Link::Udp { .. }) { "udp" } else { "tcp" };
                 let peer = local.peer;
-                let _ = self.shared.to_control.send(ControlEvent::Authenticate { handle, peer, transport, request: Box::new(request) });
+                let _ = self.shared.to_control.send(ControlEvent::Authenticate {
+                    handle,
+                    peer,
+                    transport,
+                    request: Box::new(request),
+                });
             }
             Event::InstallKeys(k) => {
                 local.replay[k.key_id as usize & 7] = ReplayWindow::new();
@@ -691,7 +719,8 @@ impl Worker {
             None => (None, None),
         };
         let handle = LocalHandle { worker: self.index, slot, generation: local.generation };
-        let _ = self.shared.to_control.send(ControlEvent::Closed { handle, peer: local.peer, peer_id, address, reason });
+        let _ =
+            self.shared.to_control.send(ControlEvent::Closed { handle, peer: local.peer, peer_id, address, reason });
     }
 
     // ---- mailbox ---------------------------------------------------------------------
@@ -745,7 +774,9 @@ impl Worker {
         if let AuthDecision::Accept(grant) = &decision {
             let transport = match local.link {
                 Link::Udp { listener, peer, local } => Transport::Udp { listener, peer, local },
-                Link::Tcp { conn } => Transport::Tcp { peer: conns[conn as usize].as_ref().map_or(local.peer, |c| c.peer) },
+                Link::Tcp { conn } => {
+                    Transport::Tcp { peer: conns[conn as usize].as_ref().map_or(local.peer, |c| c.peer) }
+                }
             };
             let data_v2 = local.proto.peer_info().is_some_and(|p| p.has(iv_proto::DATA_V2));
             let shared = Arc::new(SessionShared::new(grant.peer_id, grant.push.address, index, transport, data_v2));
@@ -816,9 +847,11 @@ impl Worker {
             }
         }
         for conn in 0..self.conns.len() as u32 {
-            let stale = self.conns[conn as usize]
-                .as_ref()
-                .is_some_and(|c| c.session.is_none() && !c.closing && now.duration_since(self.conn_opened[conn as usize]) > TCP_HANDSHAKE_TIMEOUT);
+            let stale = self.conns[conn as usize].as_ref().is_some_and(|c| {
+                c.session.is_none()
+                    && !c.closing
+                    && now.duration_since(self.conn_opened[conn as usize]) > TCP_HANDSHAKE_TIMEOUT
+            });
             if stale {
                 self.close_conn(conn);
             }
@@ -876,7 +909,11 @@ impl Worker {
         let (fd, generation) = (c.fd.as_raw_fd(), c.generation);
         let ptr = c.recv[c.recv_len..].as_mut_ptr();
         let room = (c.recv.len() - c.recv_len) as u32;
-        self.push(opcode::Recv::new(types::Fd(fd), ptr, room).build().user_data(user_data(OP_TCP_RECV, conn, generation)));
+        self.push(opcode::Recv::new(types::Fd(fd), ptr, room).build().user_data(user_data(
+            OP_TCP_RECV,
+            conn,
+            generation,
+        )));
     }
 
     fn on_tcp_recv(&mut self, now: Instant, conn: u32, generation: u32, res: i32) {
@@ -934,7 +971,7 @@ impl Worker {
 
     fn kick_tcp_send(&mut self, conn: u32) {
         let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
-        let resume = c.send_pending == false && c.inflight_done < c.inflight.len();
+        let resume = !c.send_pending && c.inflight_done < c.inflight.len();
         if !resume && !c.start_send() {
             return;
         }
@@ -942,7 +979,11 @@ impl Worker {
         let (fd, generation) = (c.fd.as_raw_fd(), c.generation);
         let rest = &c.inflight[c.inflight_done..];
         let (ptr, len) = (rest.as_ptr(), rest.len() as u32);
-        self.push(opcode::Send::new(types::Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(user_data(OP_TCP_SEND, conn, generation)));
+        self.push(opcode::Send::new(types::Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(user_data(
+            OP_TCP_SEND,
+            conn,
+            generation,
+        )));
     }
 
     fn on_tcp_sent(&mut self, conn: u32, generation: u32, res: i32) {

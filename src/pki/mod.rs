@@ -18,7 +18,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use authority::{ClientCredentials, ClientRecord, InitSummary, IssuedClient, Pki, RevokeTarget, RevokedClient};
-pub use files::{write_atomically, load_certs, load_crls, load_private_key, load_revoked_list};
+pub use files::{load_certs, load_crls, load_private_key, load_revoked_list, write_atomically};
 pub use identity::{ClientIdentity, ServerIdentity, client_identity, subject_common_name};
 pub use trust::{RevocationReason, SourceStamp, TrustStore};
 

@@ -101,7 +101,17 @@ reneg_secs = {reneg}
     /// Issues `name` (if `issue`) and writes its profile for `transport`.
     pub fn profile(&self, name: &str, transport: &str) -> PathBuf {
         let out = self.config_path.with_file_name(format!("{name}-{transport}.ovpn"));
-        p2sgw(&["profile", "--config", path(&self.config_path), "--name", name, "--out", path(&out), "--transport", transport]);
+        p2sgw(&[
+            "profile",
+            "--config",
+            path(&self.config_path),
+            "--name",
+            name,
+            "--out",
+            path(&out),
+            "--transport",
+            transport,
+        ]);
         out
     }
 

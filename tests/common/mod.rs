@@ -16,15 +16,14 @@ mod process;
 mod tools;
 mod topology;
 
-pub use gateway::{Gateway, GatewayOptions, GATEWAY_NAME, P2SGW, p2sgw, path, pushed_address};
+pub use gateway::{GATEWAY_NAME, Gateway, GatewayOptions, P2SGW, p2sgw, path, pushed_address};
 pub use netns::{Netns, TestDir, harness_prefix_for, sweep_leftovers};
 pub use process::{Proc, run_with_timeout};
 pub use tools::{
-    IPERF3_PORT, IperfResult, OPENVPN_CONNECTED_MARKER, OpenVpnClient, PingResult, iperf3_client,
-    iperf3_client_port, iperf3_client_with, iperf3_server, iperf3_server_port, parse_iperf3_json, parse_ping_summary,
-    ping, tun_counters, wait_until,
+    IPERF3_PORT, IperfResult, OPENVPN_CONNECTED_MARKER, OpenVpnClient, PingResult, iperf3_client, iperf3_client_port,
+    iperf3_client_with, iperf3_server, iperf3_server_port, parse_iperf3_json, parse_ping_summary, ping, tun_counters,
+    wait_until,
 };
 pub use topology::{
-    CLIENT_IFNAME, GW_VNET_IFNAME, Topology, VNET_GW_ADDR, VNET_HOST_ADDR, VNET_IFNAME,
-    VNET_SUBNET, VPN_POOL_ROUTE,
+    CLIENT_IFNAME, GW_VNET_IFNAME, Topology, VNET_GW_ADDR, VNET_HOST_ADDR, VNET_IFNAME, VNET_SUBNET, VPN_POOL_ROUTE,
 };

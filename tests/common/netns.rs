@@ -30,11 +30,7 @@ const KEEP_LOGS_ENV: &str = "P2SGW_KEEP_TEST_LOGS";
 
 /// Prefix for names created by process `pid` as its `sequence`-th test directory.
 pub fn harness_prefix_for(pid: u32, sequence: u64) -> String {
-    format!(
-        "{NAME_PREFIX}-{}-{}",
-        base36(u64::from(pid)),
-        base36(sequence)
-    )
+    format!("{NAME_PREFIX}-{}-{}", base36(u64::from(pid)), base36(sequence))
 }
 
 fn base36(mut value: u64) -> String {
@@ -98,11 +94,7 @@ fn sweep(include_own_pid: bool) -> Vec<String> {
         let Some(pid) = creator_pid(&name) else {
             continue;
         };
-        let is_leftover = if pid == own_pid {
-            include_own_pid
-        } else {
-            !Path::new(&format!("/proc/{pid}")).exists()
-        };
+        let is_leftover = if pid == own_pid { include_own_pid } else { !Path::new(&format!("/proc/{pid}")).exists() };
         if !is_leftover {
             continue;
         }
@@ -121,18 +113,15 @@ fn sweep(include_own_pid: bool) -> Vec<String> {
 fn remove_namespace(name: &str) -> Result<(), String> {
     // Deleting a namespace does not end the processes in it; the kernel knows which ones are inside.
     let list_pids = || -> Vec<i32> {
-        run_with_timeout(
-            Command::new("ip").args(["netns", "pids", name]),
-            EXEC_TIMEOUT,
-        )
-        .map(|output| {
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .filter_map(|line| line.trim().parse::<i32>().ok())
-                .filter(|&pid| pid > 1 && pid != std::process::id() as i32)
-                .collect()
-        })
-        .unwrap_or_default()
+        run_with_timeout(Command::new("ip").args(["netns", "pids", name]), EXEC_TIMEOUT)
+            .map(|output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .filter_map(|line| line.trim().parse::<i32>().ok())
+                    .filter(|&pid| pid > 1 && pid != std::process::id() as i32)
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     for pid in list_pids() {
         // SAFETY: kill(2) has no memory-safety preconditions.
@@ -140,25 +129,14 @@ fn remove_namespace(name: &str) -> Result<(), String> {
             libc::kill(pid, libc::SIGKILL);
         }
     }
-    if !wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        list_pids().is_empty()
-    }) {
-        eprintln!(
-            "warning: processes {:?} still inside namespace {name} after SIGKILL",
-            list_pids()
-        );
+    if !wait_until(Duration::from_secs(5), Duration::from_millis(20), || list_pids().is_empty()) {
+        eprintln!("warning: processes {:?} still inside namespace {name} after SIGKILL", list_pids());
     }
-    let output = run_with_timeout(
-        Command::new("ip").args(["netns", "del", name]),
-        EXEC_TIMEOUT,
-    )?;
+    let output = run_with_timeout(Command::new("ip").args(["netns", "del", name]), EXEC_TIMEOUT)?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "ip netns del {name}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(format!("ip netns del {name}: {}", String::from_utf8_lossy(&output.stderr).trim()))
     }
 }
 
@@ -179,8 +157,7 @@ impl TestDir {
         let path = std::env::temp_dir().join(format!("p2sgw-e2e-{prefix}"));
         // A directory of the same name can only be a kept one from a run with the same PID.
         let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create test directory {}: {e}", path.display()));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create test directory {}: {e}", path.display()));
         Arc::new(TestDir { prefix, path })
     }
 
@@ -196,11 +173,7 @@ impl TestDir {
     /// Creates a new, uniquely named log file `<stem>.log` (or `<stem>-2.log`, ...).
     fn new_log_path(&self, stem: &str) -> PathBuf {
         for attempt in 1.. {
-            let file_name = if attempt == 1 {
-                format!("{stem}.log")
-            } else {
-                format!("{stem}-{attempt}.log")
-            };
+            let file_name = if attempt == 1 { format!("{stem}.log") } else { format!("{stem}-{attempt}.log") };
             let path = self.path.join(file_name);
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(_) => return path,
@@ -218,9 +191,7 @@ impl TestDir {
         logs.retain(|path| path.extension().is_some_and(|ext| ext == "log"));
         logs.sort();
         for log in logs {
-            let text = fs::read(&log)
-                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                .unwrap_or_default();
+            let text = fs::read(&log).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default();
             eprintln!(
                 "===== {} (last {PANIC_DUMP_LINES} lines) =====\n{}",
                 log.display(),
@@ -236,10 +207,7 @@ impl Drop for TestDir {
             self.dump_logs();
             eprintln!("===== test logs kept in {} =====", self.path.display());
         } else if std::env::var_os(KEEP_LOGS_ENV).is_some() {
-            eprintln!(
-                "test logs kept in {} ({KEEP_LOGS_ENV} is set)",
-                self.path.display()
-            );
+            eprintln!("test logs kept in {} ({KEEP_LOGS_ENV} is set)", self.path.display());
         } else {
             let _ = fs::remove_dir_all(&self.path);
         }
@@ -264,11 +232,7 @@ impl Netns {
     /// A namespace whose process logs go to `dir`, named `<dir prefix>-<role>`.
     pub fn in_dir(dir: &Arc<TestDir>, role: &str) -> Netns {
         assert!(
-            !role.is_empty()
-                && role.len() <= 8
-                && role
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            !role.is_empty() && role.len() <= 8 && role.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
             "namespace role {role:?} must be 1-8 lowercase letters or digits"
         );
         sweep_once();
@@ -276,14 +240,9 @@ impl Netns {
         {
             // Concurrent first-time `ip netns add` calls race on setting up the /run/netns mount.
             static NETNS_ADD: Mutex<()> = Mutex::new(());
-            let _serialised = NETNS_ADD
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let output = run_with_timeout(
-                Command::new("ip").args(["netns", "add", &name]),
-                EXEC_TIMEOUT,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
+            let _serialised = NETNS_ADD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let output = run_with_timeout(Command::new("ip").args(["netns", "add", &name]), EXEC_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{e}"));
             assert!(
                 output.status.success(),
                 "ip netns add {name} failed (are we root?): {}",
@@ -291,11 +250,7 @@ impl Netns {
             );
         }
         // From here on the guard owns the namespace, so a failure below still deletes it.
-        let netns = Netns {
-            name,
-            role: role.to_owned(),
-            dir: Arc::clone(dir),
-        };
+        let netns = Netns { name, role: role.to_owned(), dir: Arc::clone(dir) };
         netns.ip(&["link", "set", "lo", "up"]);
         netns
     }
@@ -317,8 +272,7 @@ impl Netns {
     /// Runs `args` inside the namespace and returns its output whatever the exit status.
     /// Panics if the command cannot start or runs longer than 60 s.
     pub fn exec(&self, args: &[&str]) -> Output {
-        self.exec_with_timeout(args, EXEC_TIMEOUT)
-            .unwrap_or_else(|e| panic!("in namespace {}: {e}", self.name))
+        self.exec_with_timeout(args, EXEC_TIMEOUT).unwrap_or_else(|e| panic!("in namespace {}: {e}", self.name))
     }
 
     /// Like `exec`, with a custom timeout and the failure returned instead of panicking.
@@ -335,11 +289,8 @@ impl Netns {
 
     /// Runs `ip -n <namespace> <args>`; panics unless it exits 0. Returns stdout.
     pub fn ip(&self, args: &[&str]) -> String {
-        let output = run_with_timeout(
-            Command::new("ip").args(["-n", &self.name]).args(args),
-            EXEC_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("in namespace {}: {e}", self.name));
+        let output = run_with_timeout(Command::new("ip").args(["-n", &self.name]).args(args), EXEC_TIMEOUT)
+            .unwrap_or_else(|e| panic!("in namespace {}: {e}", self.name));
         expect_success(&self.name, &[&["ip"], args].concat(), output)
     }
 
@@ -350,11 +301,8 @@ impl Netns {
 
     /// Whether a network interface called `ifname` exists in this namespace.
     pub fn has_link(&self, ifname: &str) -> bool {
-        run_with_timeout(
-            Command::new("ip").args(["-n", &self.name, "link", "show", "dev", ifname]),
-            EXEC_TIMEOUT,
-        )
-        .is_ok_and(|output| output.status.success())
+        run_with_timeout(Command::new("ip").args(["-n", &self.name, "link", "show", "dev", ifname]), EXEC_TIMEOUT)
+            .is_ok_and(|output| output.status.success())
     }
 
     /// Starts `args` inside the namespace as a long-running process logging to
@@ -364,12 +312,7 @@ impl Netns {
         assert!(!args.is_empty(), "spawn needs a program to run");
         let log_path = self.dir.new_log_path(&format!("{}-{log_name}", self.role));
         let label = format!("{}/{log_name}", self.role);
-        Proc::start(
-            self.exec_command(args),
-            label,
-            log_path,
-            Arc::clone(&self.dir),
-        )
+        Proc::start(self.exec_command(args), label, log_path, Arc::clone(&self.dir))
     }
 
     fn exec_command(&self, args: &[&str]) -> Command {

@@ -37,10 +37,10 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
     let described = format!("{cmd:?}");
 
     let outcome = (|| {
-        let stdout_file = File::create(&stdout_path)
-            .map_err(|e| format!("cannot create {}: {e}", stdout_path.display()))?;
-        let stderr_file = File::create(&stderr_path)
-            .map_err(|e| format!("cannot create {}: {e}", stderr_path.display()))?;
+        let stdout_file =
+            File::create(&stdout_path).map_err(|e| format!("cannot create {}: {e}", stdout_path.display()))?;
+        let stderr_file =
+            File::create(&stderr_path).map_err(|e| format!("cannot create {}: {e}", stderr_path.display()))?;
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(stdout_file)
@@ -63,11 +63,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
     let _ = fs::remove_file(&stdout_path);
     let _ = fs::remove_file(&stderr_path);
     match outcome {
-        Ok(status) => Ok(Output {
-            status,
-            stdout,
-            stderr,
-        }),
+        Ok(status) => Ok(Output { status, stdout, stderr }),
         Err(message) => Err(format!(
             "{message}\nstdout: {}\nstderr: {}",
             String::from_utf8_lossy(&stdout).trim_end(),
@@ -116,33 +112,18 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `cmd` with stdin closed and stdout+stderr appended to `log_path`; panics if it cannot start.
-    pub(super) fn start(
-        mut cmd: Command,
-        label: String,
-        log_path: PathBuf,
-        dir: Arc<TestDir>,
-    ) -> Proc {
-        let log = File::create(&log_path)
-            .unwrap_or_else(|e| panic!("cannot create log file {}: {e}", log_path.display()));
-        let log_for_stderr = log.try_clone().unwrap_or_else(|e| {
-            panic!(
-                "cannot duplicate log file handle {}: {e}",
-                log_path.display()
-            )
-        });
+    pub(super) fn start(mut cmd: Command, label: String, log_path: PathBuf, dir: Arc<TestDir>) -> Proc {
+        let log =
+            File::create(&log_path).unwrap_or_else(|e| panic!("cannot create log file {}: {e}", log_path.display()));
+        let log_for_stderr =
+            log.try_clone().unwrap_or_else(|e| panic!("cannot duplicate log file handle {}: {e}", log_path.display()));
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_for_stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {label} ({cmd:?}): {e}"));
-        Proc {
-            label,
-            pid: child.id(),
-            child: Mutex::new(child),
-            log_path,
-            _dir: dir,
-        }
+        Proc { label, pid: child.id(), child: Mutex::new(child), log_path, _dir: dir }
     }
 
     pub fn pid(&self) -> u32 {
@@ -160,9 +141,7 @@ impl Proc {
 
     /// Everything the process has written so far.
     pub fn log_text(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
+        fs::read(&self.log_path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
     }
 
     /// The last `lines` lines of the log.
@@ -218,9 +197,7 @@ impl Proc {
     /// Waits until the log contains `pattern`. Fails early if the process exits without
     /// logging it; the error includes the log tail.
     pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> Result<(), String> {
-        self.wait_for_log_with(timeout, &format!("{pattern:?}"), |text| {
-            text.contains(pattern).then_some(Ok(()))
-        })
+        self.wait_for_log_with(timeout, &format!("{pattern:?}"), |text| text.contains(pattern).then_some(Ok(())))
     }
 
     /// Polls the log until `check` returns a verdict: `Some(Ok(()))` (done) or `Some(Err(reason))`
@@ -241,10 +218,7 @@ impl Proc {
                 Some(Ok(())) => return Ok(()),
                 Some(Err(reason)) => reason,
                 None => match exit_status {
-                    Some(status) => format!(
-                        "exited ({}) before logging {awaited}",
-                        describe_status(status)
-                    ),
+                    Some(status) => format!("exited ({}) before logging {awaited}", describe_status(status)),
                     None if Instant::now() >= deadline => {
                         format!("did not log {awaited} within {timeout:?}")
                     }
@@ -266,19 +240,14 @@ impl Proc {
 
     fn lock_child(&self) -> MutexGuard<'_, Child> {
         // A panic while holding the lock leaves the Child itself intact.
-        self.child
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         if self.kill().is_none() {
-            eprintln!(
-                "warning: {} (pid {}) survived SIGKILL",
-                self.label, self.pid
-            );
+            eprintln!("warning: {} (pid {}) survived SIGKILL", self.label, self.pid);
         }
     }
 }

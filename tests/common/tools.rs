@@ -74,48 +74,26 @@ pub fn ping(ns: &Netns, dst: &str, count: u32, interval: Duration) -> PingResult
             Duration::from_secs_f64(expected_duration + 10.0),
         )
         .unwrap_or_else(|e| panic!("ping {dst} from {}: {e}", ns.name()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     parse_ping_summary(&text)
 }
 
 /// Parses ping's summary line, e.g. "5 packets transmitted, 4 received, +1 errors, 20% packet
 /// loss, time 4005ms", out of its whole output. No summary line means nothing was sent.
 pub fn parse_ping_summary(text: &str) -> PingResult {
-    let Some(summary) = text
-        .lines()
-        .find(|line| line.contains("packets transmitted"))
-    else {
-        return PingResult {
-            sent: 0,
-            received: 0,
-            loss_pct: 100.0,
-            output: text.to_owned(),
-        };
+    let Some(summary) = text.lines().find(|line| line.contains("packets transmitted")) else {
+        return PingResult { sent: 0, received: 0, loss_pct: 100.0, output: text.to_owned() };
     };
     let number_before = |suffix: &str| -> Option<&str> {
-        summary
-            .split(',')
-            .map(str::trim)
-            .find_map(|field| field.strip_suffix(suffix).map(str::trim))
+        summary.split(',').map(str::trim).find_map(|field| field.strip_suffix(suffix).map(str::trim))
     };
     fn parsed<T: std::str::FromStr>(field: Option<&str>, summary: &str) -> T {
-        field
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("cannot parse ping summary {summary:?}"))
+        field.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("cannot parse ping summary {summary:?}"))
     }
     let sent = parsed(number_before("packets transmitted"), summary);
     let received = parsed(number_before("received"), summary);
     let loss_pct = parsed(number_before("% packet loss"), summary);
-    PingResult {
-        sent,
-        received,
-        loss_pct,
-        output: text.to_owned(),
-    }
+    PingResult { sent, received, loss_pct, output: text.to_owned() }
 }
 
 /// Byte counters of one iperf3 test as reported in its JSON summary.
@@ -138,35 +116,15 @@ pub fn iperf3_server(ns: &Netns, bind_addr: &str) -> Proc {
 pub fn iperf3_server_port(ns: &Netns, bind_addr: &str, port: u16) -> Proc {
     let port_text = port.to_string();
     let server = ns.spawn(
-        &[
-            "iperf3",
-            "--server",
-            "--one-off",
-            "--forceflush",
-            "--bind",
-            bind_addr,
-            "--port",
-            &port_text,
-        ],
+        &["iperf3", "--server", "--one-off", "--forceflush", "--bind", bind_addr, "--port", &port_text],
         "iperf3-server",
     );
     // Watch the socket rather than the log: it is the thing the client needs.
     let listening = || {
-        let output = ns.exec(&[
-            "ss",
-            "-H",
-            "-l",
-            "-t",
-            "-n",
-            "sport",
-            "=",
-            &format!(":{port}"),
-        ]);
+        let output = ns.exec(&["ss", "-H", "-l", "-t", "-n", "sport", "=", &format!(":{port}")]);
         !output.stdout.is_empty()
     };
-    let ready = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-        !server.is_running() || listening()
-    });
+    let ready = wait_until(Duration::from_secs(10), Duration::from_millis(20), || !server.is_running() || listening());
     if !ready || !server.is_running() {
         panic!(
             "iperf3 server on {bind_addr}:{port} in {} did not start listening; log:\n{}",
@@ -183,13 +141,7 @@ pub fn iperf3_client(ns: &Netns, server: &str, secs: u32, reverse: bool) -> Iper
     iperf3_client_port(ns, server, IPERF3_PORT, secs, reverse)
 }
 
-pub fn iperf3_client_port(
-    ns: &Netns,
-    server: &str,
-    port: u16,
-    secs: u32,
-    reverse: bool,
-) -> IperfResult {
+pub fn iperf3_client_port(ns: &Netns, server: &str, port: u16, secs: u32, reverse: bool) -> IperfResult {
     iperf3_client_with(ns, server, port, secs, reverse, &[])
 }
 
@@ -239,8 +191,7 @@ pub fn parse_iperf3_json(json: &str) -> Result<IperfResult, String> {
         return Err(error);
     }
     let field = |object: &str, key: &str| {
-        json_number_in_object(json, object, key)
-            .ok_or_else(|| format!("no end.{object}.{key} in output:\n{json}"))
+        json_number_in_object(json, object, key).ok_or_else(|| format!("no end.{object}.{key} in output:\n{json}"))
     };
     Ok(IperfResult {
         sent_bytes: field("sum_sent", "bytes")? as u64,
@@ -256,24 +207,17 @@ pub fn parse_iperf3_json(json: &str) -> Result<IperfResult, String> {
 fn json_number_in_object(json: &str, object: &str, key: &str) -> Option<f64> {
     let after_object_key = &json[json.find(&format!("\"{object}\""))?..];
     let body_start = after_object_key.find('{')? + 1;
-    let body =
-        &after_object_key[body_start..body_start + after_object_key[body_start..].find('}')?];
+    let body = &after_object_key[body_start..body_start + after_object_key[body_start..].find('}')?];
     let after_key = &body[body.find(&format!("\"{key}\""))? + key.len() + 2..];
     let value = after_key.trim_start().strip_prefix(':')?.trim_start();
-    let end = value
-        .find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))
-        .unwrap_or(value.len());
+    let end = value.find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c))).unwrap_or(value.len());
     value[..end].parse().ok()
 }
 
 /// A top-level string field without escapes (iperf3's `"error"`).
 fn json_string_field(json: &str, key: &str) -> Option<String> {
     let after_key = &json[json.find(&format!("\"{key}\""))? + key.len() + 2..];
-    let value = after_key
-        .trim_start()
-        .strip_prefix(':')?
-        .trim_start()
-        .strip_prefix('"')?;
+    let value = after_key.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
     Some(value[..value.find('"')?].to_owned())
 }
 
@@ -281,25 +225,12 @@ fn json_string_field(json: &str, key: &str) -> Option<String> {
 pub fn tun_counters(ns: &Netns, ifname: &str) -> (u64, u64) {
     let statistics = format!("/sys/class/net/{ifname}/statistics");
     // `ip netns exec` mounts the namespace's own /sys, so this reads the right interface.
-    let text = ns.exec_ok(&[
-        "cat",
-        &format!("{statistics}/rx_bytes"),
-        &format!("{statistics}/tx_bytes"),
-    ]);
-    let counters: Vec<u64> = text
-        .lines()
-        .map(|line| {
-            line.trim()
-                .parse()
-                .expect("sysfs byte counters are integers")
-        })
-        .collect();
+    let text = ns.exec_ok(&["cat", &format!("{statistics}/rx_bytes"), &format!("{statistics}/tx_bytes")]);
+    let counters: Vec<u64> =
+        text.lines().map(|line| line.trim().parse().expect("sysfs byte counters are integers")).collect();
     match counters[..] {
         [rx, tx] => (rx, tx),
-        _ => panic!(
-            "unexpected counters for {ifname} in {}: {text:?}",
-            ns.name()
-        ),
+        _ => panic!("unexpected counters for {ifname} in {}: {text:?}", ns.name()),
     }
 }
 
@@ -312,59 +243,41 @@ impl OpenVpnClient {
     /// Starts `openvpn --cd <profile dir> --config <profile> --verb 4 <extra_args>` in `ns`
     /// (relative paths in the profile resolve against its directory). Logs to `<role>-openvpn.log`.
     pub fn start(ns: &Netns, profile_path: &Path, extra_args: &[&str]) -> OpenVpnClient {
-        let profile_dir = profile_path
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let (profile_dir, profile) = (
-            profile_dir.to_string_lossy(),
-            profile_path.to_string_lossy(),
-        );
-        let mut args = vec![
-            "openvpn",
-            "--cd",
-            &profile_dir,
-            "--config",
-            &profile,
-            "--verb",
-            "4",
-        ];
+        let profile_dir = profile_path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let (profile_dir, profile) = (profile_dir.to_string_lossy(), profile_path.to_string_lossy());
+        let mut args = vec!["openvpn", "--cd", &profile_dir, "--config", &profile, "--verb", "4"];
         args.extend_from_slice(extra_args);
-        OpenVpnClient {
-            process: ns.spawn(&args, "openvpn"),
-        }
+        OpenVpnClient { process: ns.spawn(&args, "openvpn") }
     }
 
     /// Waits for "Initialization Sequence Completed". Fails on "... With Errors", when openvpn
     /// exits, or after `timeout`; errors include the log tail.
     pub fn wait_connected(&self, timeout: Duration) -> Result<(), String> {
-        self.process
-            .wait_for_log_with(timeout, &format!("{OPENVPN_CONNECTED_MARKER:?}"), |log| {
-                for line in log.lines() {
-                    if line.contains(OPENVPN_CONNECTED_WITH_ERRORS) {
-                        return Some(Err(format!("connected with errors: {line}")));
-                    }
-                    if line.contains(OPENVPN_CONNECTED_MARKER) {
-                        return Some(Ok(()));
-                    }
+        self.process.wait_for_log_with(timeout, &format!("{OPENVPN_CONNECTED_MARKER:?}"), |log| {
+            for line in log.lines() {
+                if line.contains(OPENVPN_CONNECTED_WITH_ERRORS) {
+                    return Some(Err(format!("connected with errors: {line}")));
                 }
-                None
-            })
+                if line.contains(OPENVPN_CONNECTED_MARKER) {
+                    return Some(Ok(()));
+                }
+            }
+            None
+        })
     }
 
     /// Waits for `pattern` (e.g. "AUTH_FAILED", "TLS Error") in the log, also after openvpn has
     /// exited. Fails if the tunnel comes up instead, or after `timeout`.
     pub fn wait_failed(&self, pattern: &str, timeout: Duration) -> Result<(), String> {
-        self.process
-            .wait_for_log_with(timeout, &format!("{pattern:?}"), |log| {
-                if log.contains(pattern) {
-                    Some(Ok(()))
-                } else if log.contains(OPENVPN_CONNECTED_MARKER) {
-                    Some(Err(format!("connected although {pattern:?} was expected")))
-                } else {
-                    None
-                }
-            })
+        self.process.wait_for_log_with(timeout, &format!("{pattern:?}"), |log| {
+            if log.contains(pattern) {
+                Some(Ok(()))
+            } else if log.contains(OPENVPN_CONNECTED_MARKER) {
+                Some(Err(format!("connected although {pattern:?} was expected")))
+            } else {
+                None
+            }
+        })
     }
 
     pub fn process(&self) -> &Proc {

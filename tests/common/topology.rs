@@ -46,10 +46,7 @@ impl Topology {
     /// Builds the topology with `n_clients` client namespaces; panics on failure, after removing
     /// whatever was already created.
     pub fn new(n_clients: usize) -> Topology {
-        assert!(
-            n_clients <= MAX_CLIENTS,
-            "at most {MAX_CLIENTS} clients, asked for {n_clients}"
-        );
+        assert!(n_clients <= MAX_CLIENTS, "at most {MAX_CLIENTS} clients, asked for {n_clients}");
         let dir = TestDir::new();
         // Every namespace is a guard the moment it exists, so a panic below unwinds through them.
         let gw = Netns::in_dir(&dir, "gw");
@@ -83,12 +80,7 @@ impl Topology {
             }
             clients.push(client);
         }
-        Topology {
-            clients,
-            gw,
-            vnet,
-            dir,
-        }
+        Topology { clients, gw, vnet, dir }
     }
 
     pub fn gw(&self) -> &Netns {
@@ -100,12 +92,7 @@ impl Topology {
     }
 
     pub fn client(&self, k: usize) -> &Netns {
-        self.clients.get(k).unwrap_or_else(|| {
-            panic!(
-                "client {k} does not exist (topology has {})",
-                self.clients.len()
-            )
-        })
+        self.clients.get(k).unwrap_or_else(|| panic!("client {k} does not exist (topology has {})", self.clients.len()))
     }
 
     pub fn clients(&self) -> &[Netns] {
@@ -156,27 +143,13 @@ fn client_addr(k: usize) -> String {
 
 /// Creates a veth pair with one end in each namespace, addresses both ends and waits until both are up.
 fn connect(a: &Netns, a_ifname: &str, a_addr: &str, b: &Netns, b_ifname: &str, b_addr: &str) {
-    a.ip(&[
-        "link",
-        "add",
-        a_ifname,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_ifname,
-        "netns",
-        b.name(),
-    ]);
+    a.ip(&["link", "add", a_ifname, "type", "veth", "peer", "name", b_ifname, "netns", b.name()]);
     for (ns, ifname, addr) in [(a, a_ifname, a_addr), (b, b_ifname, b_addr)] {
         ns.ip(&["addr", "add", addr, "dev", ifname]);
         ns.ip(&["link", "set", ifname, "up"]);
     }
     for (ns, ifname) in [(a, a_ifname), (b, b_ifname)] {
-        let is_up = || {
-            ns.ip(&["-o", "link", "show", "dev", ifname])
-                .contains("state UP")
-        };
+        let is_up = || ns.ip(&["-o", "link", "show", "dev", ifname]).contains("state UP");
         assert!(
             wait_until(Duration::from_secs(5), Duration::from_millis(10), is_up),
             "{ifname} in {} did not come up",

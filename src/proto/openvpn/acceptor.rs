@@ -95,15 +95,20 @@ impl Acceptor {
             Opcode::HardResetClientV3 | Opcode::ControlWkcV1 => Err(Refusal::TlsCryptV2),
             Opcode::ControlV1 | Opcode::AckV1 => {
                 let echoed = body.remote_session_id.filter(|_| body.acks.contains(0)).ok_or(Refusal::BadCookie)?;
-                let valid = [slot, slot.saturating_sub(1)]
-                    .iter()
-                    .any(|&s| aws_lc_rs::constant_time::verify_slices_are_equal(&self.cookie(s, peer, &header.session_id), &echoed).is_ok());
+                let valid = [slot, slot.saturating_sub(1)].iter().any(|&s| {
+                    aws_lc_rs::constant_time::verify_slices_are_equal(
+                        &self.cookie(s, peer, &header.session_id),
+                        &echoed,
+                    )
+                    .is_ok()
+                });
                 if !valid {
                     return Err(Refusal::BadCookie);
                 }
                 // Our reset used replay id 1; the session continues from 2.
-                let mut session = ServerSession::new(settings.clone(), echoed, header.session_id, self.wrap(2, unix_time), now)
-                    .map_err(|e| Refusal::Tls(e.to_string()))?;
+                let mut session =
+                    ServerSession::new(settings.clone(), echoed, header.session_id, self.wrap(2, unix_time), now)
+                        .map_err(|e| Refusal::Tls(e.to_string()))?;
                 // Replay and decryption were checked above; errors here are only the
                 // session's own (a packet with nothing for it yet), so ignore them.
                 let _ = session.handle_packet(now, packet);

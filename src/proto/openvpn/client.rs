@@ -10,8 +10,8 @@ use std::time::Instant;
 use rustls::pki_types::ServerName;
 
 use super::channel::KeyChannel;
-use super::key_method::{ClientKeyMethod2, KeyMethodError, ServerKeyMethod2};
 use super::data::DataKey;
+use super::key_method::{ClientKeyMethod2, KeyMethodError, ServerKeyMethod2};
 use super::keys::{EKM_LABEL, Key2, Role};
 use super::packet::{Opcode, SessionId};
 use super::reliable::Timing;
@@ -65,9 +65,14 @@ impl Pushed {
 #[derive(Debug)]
 pub enum ClientEvent {
     /// PUSH_REPLY received and the first data keys derived.
-    Connected { pushed: Pushed, key: Arc<DataKey> },
+    Connected {
+        pushed: Pushed,
+        key: Arc<DataKey>,
+    },
     /// A renegotiation finished: new data keys.
-    Rekeyed { key: Arc<DataKey> },
+    Rekeyed {
+        key: Arc<DataKey>,
+    },
     AuthFailed(String),
     /// Another message from the server (RESTART, HALT, INFO…).
     Message(String),
@@ -145,13 +150,14 @@ impl ClientSession {
         let idx = match self.keys.iter().position(|k| k.chan.key_id == header.key_id) {
             Some(i) => i,
             None if header.opcode == Opcode::SoftResetV1 => {
-                let tls = match rustls::ClientConnection::new(self.settings.tls.clone(), self.settings.server_name.clone()) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        self.close(format!("cannot start TLS: {e}"));
-                        return Ok(());
-                    }
-                };
+                let tls =
+                    match rustls::ClientConnection::new(self.settings.tls.clone(), self.settings.server_name.clone()) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            self.close(format!("cannot start TLS: {e}"));
+                            return Ok(());
+                        }
+                    };
                 let mut chan = KeyChannel::new_with_timing(header.key_id, tls.into(), self.settings.reliable, now);
                 chan.reliable.send(Opcode::SoftResetV1, Vec::new());
                 chan.flush_tls();
@@ -222,11 +228,13 @@ impl ClientSession {
         // Renegotiated keys use what the first PUSH_REPLY settled.
         if let Some(pushed) = &self.pushed {
             let k = &mut self.keys[idx];
-            if k.chan.key_id != 0 && !k.done && k.server_km2.is_some() {
-                if let Some(key) = derive(k, pushed, local_sid, remote_sid) {
-                    k.done = true;
-                    self.events.push_back(ClientEvent::Rekeyed { key });
-                }
+            if k.chan.key_id != 0
+                && !k.done
+                && k.server_km2.is_some()
+                && let Some(key) = derive(k, pushed, local_sid, remote_sid)
+            {
+                k.done = true;
+                self.events.push_back(ClientEvent::Rekeyed { key });
             }
         }
         self.keys[idx].chan.flush_tls();
@@ -277,13 +285,31 @@ impl ClientSession {
         for k in &mut self.keys {
             if let Some(t) = k.chan.reliable.poll_transmit(now) {
                 let acks = k.chan.reliable.take_acks();
-                return Some(self.wrap.seal(t.opcode, k.chan.key_id, local, remote, acks, Some(t.message_id), &t.payload, &mut self.scratch));
+                return Some(self.wrap.seal(
+                    t.opcode,
+                    k.chan.key_id,
+                    local,
+                    remote,
+                    acks,
+                    Some(t.message_id),
+                    &t.payload,
+                    &mut self.scratch,
+                ));
             }
         }
         for k in &mut self.keys {
             if k.chan.reliable.has_pending_acks() {
                 let acks = k.chan.reliable.take_acks();
-                return Some(self.wrap.seal(Opcode::AckV1, k.chan.key_id, local, remote, acks, None, &[], &mut self.scratch));
+                return Some(self.wrap.seal(
+                    Opcode::AckV1,
+                    k.chan.key_id,
+                    local,
+                    remote,
+                    acks,
+                    None,
+                    &[],
+                    &mut self.scratch,
+                ));
             }
         }
         None

@@ -241,12 +241,7 @@ impl DataKey {
             DataOpcode::V1 => &head[1..],
             DataOpcode::V2 => &head[..],
         };
-        self.open.open_in_place_separate_tag(
-            &nonce(header.packet_id, &self.open_iv),
-            aad,
-            tag,
-            ciphertext,
-        )?;
+        self.open.open_in_place_separate_tag(&nonce(header.packet_id, &self.open_iv), aad, tag, ciphertext)?;
         Ok((header.packet_id, header_len + TAG_LEN..packet.len()))
     }
 
@@ -375,12 +370,7 @@ mod tests {
                 let header = DataHeader::parse(&packet).unwrap();
                 assert_eq!(
                     header,
-                    DataHeader {
-                        opcode: DataOpcode::V2,
-                        key_id: 3,
-                        peer_id: Some(0x123456),
-                        packet_id: expected_pid
-                    }
+                    DataHeader { opcode: DataOpcode::V2, key_id: 3, peer_id: Some(0x123456), packet_id: expected_pid }
                 );
                 let (pid, range) = server.open(&mut packet).unwrap();
                 assert_eq!(pid, expected_pid);
@@ -448,13 +438,11 @@ mod tests {
     #[test]
     fn p_data_v1_known_answer() {
         let key2 = counting_key2();
-        let server =
-            DataKey::new(2, &key2.direction_keys(AeadAlgorithm::ChaCha20Poly1305, Role::Server)).unwrap();
+        let server = DataKey::new(2, &key2.direction_keys(AeadAlgorithm::ChaCha20Poly1305, Role::Server)).unwrap();
         server.next_send_pid.store(7, Ordering::Relaxed);
         assert_eq!(seal_v1(&server, &hex(IP_PACKET)), hex(KAT_P_DATA_V1));
 
-        let client =
-            DataKey::new(2, &key2.direction_keys(AeadAlgorithm::ChaCha20Poly1305, Role::Client)).unwrap();
+        let client = DataKey::new(2, &key2.direction_keys(AeadAlgorithm::ChaCha20Poly1305, Role::Client)).unwrap();
         let mut packet = hex(KAT_P_DATA_V1);
         let (pid, range) = client.open(&mut packet).unwrap();
         assert_eq!((pid, packet[range].to_vec()), (7, hex(IP_PACKET)));
@@ -597,9 +585,7 @@ mod tests {
             .map(|_| {
                 let client = Arc::clone(&client);
                 let payload = payload.clone();
-                std::thread::spawn(move || {
-                    (0..PER_THREAD).map(|_| seal_v2(&client, 9, &payload)).collect::<Vec<_>>()
-                })
+                std::thread::spawn(move || (0..PER_THREAD).map(|_| seal_v2(&client, 9, &payload)).collect::<Vec<_>>())
             })
             .collect();
         let mut seen = HashSet::new();

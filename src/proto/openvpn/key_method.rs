@@ -304,7 +304,10 @@ mod tests {
 
     #[test]
     fn options_mirror() {
-        let s = server_options_string("V4,dev-type tun,proto TCPv4_CLIENT,cipher AES-256-GCM,tls-client", AeadAlgorithm::ChaCha20Poly1305);
+        let s = server_options_string(
+            "V4,dev-type tun,proto TCPv4_CLIENT,cipher AES-256-GCM,tls-client",
+            AeadAlgorithm::ChaCha20Poly1305,
+        );
         assert_eq!(s, "V4,dev-type tun,proto TCPv4_SERVER,cipher CHACHA20-POLY1305,tls-server");
     }
 }

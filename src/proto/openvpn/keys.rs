@@ -84,10 +84,7 @@ impl Key2 {
         tls1_prf(client_pre_master, &master_seed, &mut master);
 
         let mut expansion_seed = [0u8; EXPANSION_LABEL.len() + 64 + 16];
-        concat_into(
-            &mut expansion_seed,
-            &[EXPANSION_LABEL, client_random2, server_random2, client_sid, server_sid],
-        );
+        concat_into(&mut expansion_seed, &[EXPANSION_LABEL, client_random2, server_random2, client_sid, server_sid]);
         let mut key2 = [0u8; KEY2_LEN];
         tls1_prf(&master, &expansion_seed, &mut key2);
         Key2(key2)

@@ -144,18 +144,25 @@ mod tests {
         let msgs = push_reply_messages(&push_options(&cfg(), &neg));
         assert_eq!(
             msgs,
-            vec!["PUSH_REPLY,route-gateway 172.16.201.1,topology subnet,ping 10,ping-restart 60,\
+            vec![
+                "PUSH_REPLY,route-gateway 172.16.201.1,topology subnet,ping 10,ping-restart 60,\
                   dhcp-option DNS 10.50.0.10,dhcp-option DNS 10.50.0.11,dhcp-option DOMAIN corp.example,\
                   dhcp-option DOMAIN-SEARCH corp.example,route 10.50.0.0 255.255.0.0,\
                   ifconfig 172.16.201.2 255.255.255.0,peer-id 3,cipher AES-256-GCM,\
                   protocol-flags cc-exit tls-ekm,tun-mtu 1500"
-                .to_string()]
+                    .to_string()
+            ]
         );
     }
 
     #[test]
     fn legacy_client_gets_no_peer_id_and_no_ekm() {
-        let neg = Negotiated { cipher: AeadAlgorithm::Aes128Gcm, peer_id: None, key_derivation: KeyDerivation::Prf, push_mtu: false };
+        let neg = Negotiated {
+            cipher: AeadAlgorithm::Aes128Gcm,
+            peer_id: None,
+            key_derivation: KeyDerivation::Prf,
+            push_mtu: false,
+        };
         let opts = push_options(&cfg(), &neg);
         assert!(!opts.iter().any(|o| o.starts_with("peer-id") || o.contains("ekm") || o.starts_with("tun-mtu")));
     }
@@ -164,7 +171,12 @@ mod tests {
     fn long_replies_are_split_with_continuations() {
         let mut c = cfg();
         c.routes = (0..200).map(|i| Ipv4Net::new(Ipv4Addr::new(10, i as u8, 0, 0), 16).unwrap()).collect();
-        let neg = Negotiated { cipher: AeadAlgorithm::Aes256Gcm, peer_id: Some(0), key_derivation: KeyDerivation::Prf, push_mtu: false };
+        let neg = Negotiated {
+            cipher: AeadAlgorithm::Aes256Gcm,
+            peer_id: Some(0),
+            key_derivation: KeyDerivation::Prf,
+            push_mtu: false,
+        };
         let opts = push_options(&c, &neg);
         let msgs = push_reply_messages(&opts);
         assert!(msgs.len() > 1);

@@ -15,10 +15,10 @@ use rustls::pki_types::CertificateDer;
 use tracing::debug;
 
 use super::channel::{ChannelError, KeyChannel};
+use super::data::DataKey;
 use super::key_method::{
     ClientKeyMethod2, KeyMethodError, PeerInfo, ServerKeyMethod2, iv_proto, negotiate_cipher, server_options_string,
 };
-use super::data::DataKey;
 use super::keys::{EKM_LABEL, Key2, Role};
 use super::packet::{Opcode, SessionId};
 use super::push::{KeyDerivation, Negotiated, PushConfig, push_options, push_reply_messages};
@@ -84,7 +84,9 @@ pub struct NewKeys {
 pub enum AuthDecision {
     Accept(AuthGrant),
     /// Refuse; the reason reaches the client in `AUTH_FAILED,<reason>`.
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -326,7 +328,8 @@ impl ServerSession {
                 self.events.push_back(Event::RetireKey(old.chan.key_id));
             }
         }
-        let tls = rustls::ServerConnection::new(self.settings.tls.clone()).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let tls =
+            rustls::ServerConnection::new(self.settings.tls.clone()).map_err(|e| SessionError::Tls(e.to_string()))?;
         let mut chan = KeyChannel::new_with_timing(key_id, tls.into(), self.settings.reliable, now);
         chan.reliable.send(Opcode::SoftResetV1, Vec::new());
         self.keys.push(KeyState::new(chan));
@@ -379,7 +382,9 @@ impl ServerSession {
     fn on_client_key_method(&mut self, now: Instant, idx: usize, km2: ClientKeyMethod2) {
         let first = self.client.is_none();
         let leaf = match &self.keys[idx].chan.tls {
-            rustls::Connection::Server(c) => c.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned()),
+            rustls::Connection::Server(c) => {
+                c.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned())
+            }
             rustls::Connection::Client(_) => None,
         };
         let peer_info = PeerInfo::parse(&km2.peer_info);
@@ -394,12 +399,16 @@ impl ServerSession {
         let ours = ServerKeyMethod2 {
             random1: randoms[..32].try_into().expect("32 bytes"),
             random2: randoms[32..].try_into().expect("32 bytes"),
-            options: server_options_string(&km2.options, cipher.or(self.settings.data_ciphers.first().copied()).unwrap_or(AeadAlgorithm::Aes256Gcm)),
+            options: server_options_string(
+                &km2.options,
+                cipher.or(self.settings.data_ciphers.first().copied()).unwrap_or(AeadAlgorithm::Aes256Gcm),
+            ),
         };
         self.keys[idx].chan.write_message(&ours.encode());
         if first {
             let Some(cipher) = cipher else {
-                let offered = if peer_info.ciphers.is_empty() { "none".to_string() } else { peer_info.ciphers.join(":") };
+                let offered =
+                    if peer_info.ciphers.is_empty() { "none".to_string() } else { peer_info.ciphers.join(":") };
                 let allowed: Vec<&str> = self.settings.data_ciphers.iter().map(|c| c.openvpn_name()).collect();
                 self.reject(
                     now,
@@ -499,11 +508,12 @@ impl ServerSession {
         }
         let Some(cipher) = self.client.as_ref().map(|c| c.cipher) else { return };
         for ks in &mut self.keys {
-            if ks.phase == Phase::Established && !ks.installed {
-                if let Some(key) = ks.keys.clone() {
-                    ks.installed = true;
-                    self.events.push_back(Event::InstallKeys(NewKeys { key_id: ks.chan.key_id, cipher, key }));
-                }
+            if ks.phase == Phase::Established
+                && !ks.installed
+                && let Some(key) = ks.keys.clone()
+            {
+                ks.installed = true;
+                self.events.push_back(Event::InstallKeys(NewKeys { key_id: ks.chan.key_id, cipher, key }));
             }
         }
     }
@@ -583,12 +593,14 @@ impl ServerSession {
     /// The data plane authenticated a packet under `key_id`: if that key is new, the
     /// client already sends with it, so we can too.
     pub fn data_received(&mut self, now: Instant, key_id: u8) {
-        if self.push_sent && self.send_key != Some(key_id) {
-            if let Some(k) = self.keys.iter().find(|k| k.chan.key_id == key_id) {
-                if k.installed && k.active_since.is_none() && k.retire_at.is_none() {
-                    self.activate(now, key_id);
-                }
-            }
+        if self.push_sent
+            && self.send_key != Some(key_id)
+            && let Some(k) = self.keys.iter().find(|k| k.chan.key_id == key_id)
+            && k.installed
+            && k.active_since.is_none()
+            && k.retire_at.is_none()
+        {
+            self.activate(now, key_id);
         }
     }
 
@@ -622,11 +634,11 @@ impl ServerSession {
     /// Ends a closing session once its last message is acknowledged or its linger
     /// time is up; true if the session is closed.
     fn finish_closing(&mut self, now: Instant) -> bool {
-        if let Some((deadline, _)) = &self.closing {
-            if *deadline <= now || self.keys.iter().all(|k| k.chan.reliable.all_acked()) {
-                let (_, reason) = self.closing.take().expect("checked above");
-                self.close_now(reason);
-            }
+        if let Some((deadline, _)) = &self.closing
+            && (*deadline <= now || self.keys.iter().all(|k| k.chan.reliable.all_acked()))
+        {
+            let (_, reason) = self.closing.take().expect("checked above");
+            self.close_now(reason);
         }
         self.closed
     }
@@ -653,7 +665,16 @@ impl ServerSession {
         for ks in &mut self.keys {
             if let Some(t) = ks.chan.reliable.poll_transmit(now) {
                 let acks = ks.chan.reliable.take_acks();
-                return Some(self.wrap.seal(t.opcode, ks.chan.key_id, local, remote, acks, Some(t.message_id), &t.payload, scratch));
+                return Some(self.wrap.seal(
+                    t.opcode,
+                    ks.chan.key_id,
+                    local,
+                    remote,
+                    acks,
+                    Some(t.message_id),
+                    &t.payload,
+                    scratch,
+                ));
             }
         }
         for ks in &mut self.keys {
@@ -704,7 +725,9 @@ impl ServerSession {
             return;
         }
         let window = self.settings.handshake_window;
-        if let Some(stuck) = self.keys.iter().position(|k| k.phase != Phase::Established && k.chan.started + window <= now) {
+        if let Some(stuck) =
+            self.keys.iter().position(|k| k.phase != Phase::Established && k.chan.started + window <= now)
+        {
             if self.keys[stuck].phase == Phase::AwaitingAuth {
                 self.reject(now, "authentication timed out".into());
             } else if self.send_key.is_none() {

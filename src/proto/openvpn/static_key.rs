@@ -61,7 +61,7 @@ impl StaticKey {
         let start = text.find(BEGIN).ok_or(StaticKeyError::MissingBegin)? + BEGIN.len();
         let end = text[start..].find(END).ok_or(StaticKeyError::MissingEnd)? + start;
         let hex: String = text[start..end].chars().filter(|c| !c.is_whitespace()).collect();
-        if hex.len() % 2 != 0 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        if !hex.len().is_multiple_of(2) || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(StaticKeyError::NotHex);
         }
         let len = hex.len() / 2;

@@ -366,11 +366,15 @@ fn unknown_ca_is_refused_in_tls() {
 #[test]
 fn no_shared_cipher_is_refused_with_a_reason() {
     let ca = TestCa::new("ca");
-    let mut run =
-        Run::new(setup(&ca, &ca, "IV_CIPHERS=AES-128-GCM\nIV_PROTO=990\n", true), Net { seed: 8, loss_pct: 0, dup_pct: 0 });
+    let mut run = Run::new(
+        setup(&ca, &ca, "IV_CIPHERS=AES-128-GCM\nIV_PROTO=990\n", true),
+        Net { seed: 8, loss_pct: 0, dup_pct: 0 },
+    );
     run.run_until(Duration::from_secs(10), |r| r.server.closed.is_some());
     assert!(
-        run.client_events.iter().any(|e| matches!(e, ClientEvent::AuthFailed(r) if r.contains("no shared data cipher"))),
+        run.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::AuthFailed(r) if r.contains("no shared data cipher"))),
         "{:?}",
         run.client_events
     );
@@ -449,10 +453,7 @@ fn acceptor_drops_forged_and_unauthenticated_packets() {
         acceptor.handle(now, UNIX, elsewhere, &next, &s.server_settings).is_err(),
         "the cookie is bound to the client's address"
     );
-    assert!(
-        acceptor.handle(now, UNIX + 3600, PEER, &next, &s.server_settings).is_err(),
-        "an old cookie is refused"
-    );
+    assert!(acceptor.handle(now, UNIX + 3600, PEER, &next, &s.server_settings).is_err(), "an old cookie is refused");
     assert!(matches!(acceptor.handle(now, UNIX, PEER, &next, &s.server_settings), Ok(Accepted::Session(_))));
     // Garbage never panics.
     for len in 0..80 {

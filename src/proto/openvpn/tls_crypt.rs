@@ -41,9 +41,7 @@ const CTR_IV_LEN: usize = 16;
 pub enum TlsCryptError {
     #[error("tls-crypt packet of {len} bytes is shorter than its {TLS_CRYPT_OVERHEAD}-byte header and tag")]
     TooShort { len: usize },
-    #[error(
-        "tls-crypt authentication failed: the peer uses another tls-crypt key, or the packet was altered"
-    )]
+    #[error("tls-crypt authentication failed: the peer uses another tls-crypt key, or the packet was altered")]
     AuthenticationFailed,
 }
 
@@ -138,12 +136,7 @@ impl TlsCrypt {
         let mut session_id = [0u8; 8];
         session_id.copy_from_slice(&authenticated[1..TLS_CRYPT_HEADER_LEN]);
         let word = |at: usize| {
-            u32::from_be_bytes([
-                authenticated[at],
-                authenticated[at + 1],
-                authenticated[at + 2],
-                authenticated[at + 3],
-            ])
+            u32::from_be_bytes([authenticated[at], authenticated[at + 1], authenticated[at + 2], authenticated[at + 3]])
         };
         Ok(TlsCryptHeader {
             byte0: authenticated[0],
@@ -205,10 +198,9 @@ e78b18b15604993fd16515cce9c0f3e4
     /// `client_reset_v2_tls_crypt` of the same file: a real 2.6 client's
     /// P_CONTROL_HARD_RESET_CLIENT_V2 wrapped with the key above.
     const CLIENT_RESET_V2_TLS_CRYPT: [u8; 54] = [
-        0x38, 0xf4, 0x19, 0xcb, 0x12, 0xd1, 0xf9, 0xe4, 0x8f, 0x00, 0x00, 0x00, 0x01, 0x61, 0xd3, 0xf8, 0xe1,
-        0x33, 0x02, 0x06, 0xf5, 0x68, 0x02, 0xbe, 0x44, 0xfb, 0xed, 0x90, 0x50, 0x64, 0xe3, 0xdb, 0x43, 0x41,
-        0x6b, 0xec, 0x5e, 0x52, 0x67, 0x19, 0x46, 0x2b, 0x7e, 0xb9, 0x0c, 0x96, 0xde, 0xfc, 0x9b, 0x05, 0xc4,
-        0x48, 0x79, 0xf7,
+        0x38, 0xf4, 0x19, 0xcb, 0x12, 0xd1, 0xf9, 0xe4, 0x8f, 0x00, 0x00, 0x00, 0x01, 0x61, 0xd3, 0xf8, 0xe1, 0x33,
+        0x02, 0x06, 0xf5, 0x68, 0x02, 0xbe, 0x44, 0xfb, 0xed, 0x90, 0x50, 0x64, 0xe3, 0xdb, 0x43, 0x41, 0x6b, 0xec,
+        0x5e, 0x52, 0x67, 0x19, 0x46, 0x2b, 0x7e, 0xb9, 0x0c, 0x96, 0xde, 0xfc, 0x9b, 0x05, 0xc4, 0x48, 0x79, 0xf7,
     ];
     const CLIENT_SESSION_ID: [u8; 8] = [0xf4, 0x19, 0xcb, 0x12, 0xd1, 0xf9, 0xe4, 0x8f];
 
@@ -223,12 +215,7 @@ e78b18b15604993fd16515cce9c0f3e4
         let header = server.unwrap(&CLIENT_RESET_V2_TLS_CRYPT, &mut out).unwrap();
         assert_eq!(
             header,
-            TlsCryptHeader {
-                byte0: 0x38,
-                session_id: CLIENT_SESSION_ID,
-                packet_id: 1,
-                net_time: 0x61d3_f8e1
-            }
+            TlsCryptHeader { byte0: 0x38, session_id: CLIENT_SESSION_ID, packet_id: 1, net_time: 0x61d3_f8e1 }
         );
         // No ACKs, message packet-id 0, after what `out` already held.
         assert_eq!(out, b"kept\x00\x00\x00\x00\x00");
@@ -251,10 +238,7 @@ e78b18b15604993fd16515cce9c0f3e4
     fn a_side_refuses_packets_wrapped_for_the_other_direction() {
         let client = TlsCrypt::new(&test_key(), Role::Client);
         let mut out = Vec::new();
-        assert_eq!(
-            client.unwrap(&CLIENT_RESET_V2_TLS_CRYPT, &mut out),
-            Err(TlsCryptError::AuthenticationFailed)
-        );
+        assert_eq!(client.unwrap(&CLIENT_RESET_V2_TLS_CRYPT, &mut out), Err(TlsCryptError::AuthenticationFailed));
         assert!(out.is_empty());
     }
 
@@ -296,11 +280,7 @@ e78b18b15604993fd16515cce9c0f3e4
             let mut packet = CLIENT_RESET_V2_TLS_CRYPT;
             packet[i] ^= 0x01;
             let mut out = b"before".to_vec();
-            assert_eq!(
-                server.unwrap(&packet, &mut out),
-                Err(TlsCryptError::AuthenticationFailed),
-                "byte {i}"
-            );
+            assert_eq!(server.unwrap(&packet, &mut out), Err(TlsCryptError::AuthenticationFailed), "byte {i}");
             assert_eq!(out, b"before");
         }
         // An appended byte is tampering too.
@@ -331,9 +311,9 @@ e78b18b15604993fd16515cce9c0f3e4
         // from Python `cryptography` (OpenSSL): key 00..1f, IV 0001020304050607
         // fffffffffffffffe, 48 zero bytes.
         let expected = [
-            0x13, 0x17, 0x04, 0x95, 0x13, 0x3e, 0x84, 0x9a, 0xef, 0xb0, 0xfd, 0x0e, 0x74, 0x81, 0xf2, 0x7c,
-            0x22, 0x70, 0x80, 0x7a, 0x14, 0x28, 0x0a, 0x16, 0x5c, 0x7f, 0x69, 0x2e, 0xf2, 0xab, 0x52, 0x92,
-            0x7b, 0x71, 0x28, 0x38, 0xe3, 0x68, 0x6d, 0x36, 0xd1, 0x31, 0xb1, 0x9a, 0xaf, 0x6a, 0xf8, 0xbf,
+            0x13, 0x17, 0x04, 0x95, 0x13, 0x3e, 0x84, 0x9a, 0xef, 0xb0, 0xfd, 0x0e, 0x74, 0x81, 0xf2, 0x7c, 0x22, 0x70,
+            0x80, 0x7a, 0x14, 0x28, 0x0a, 0x16, 0x5c, 0x7f, 0x69, 0x2e, 0xf2, 0xab, 0x52, 0x92, 0x7b, 0x71, 0x28, 0x38,
+            0xe3, 0x68, 0x6d, 0x36, 0xd1, 0x31, 0xb1, 0x9a, 0xaf, 0x6a, 0xf8, 0xbf,
         ];
         let key: [u8; 32] = std::array::from_fn(|i| i as u8);
         let iv = [0, 1, 2, 3, 4, 5, 6, 7, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe];

@@ -62,7 +62,8 @@ impl Wrap {
         let body = ControlBody { acks, remote_session_id: Some(remote), message_id, payload };
         match self {
             Wrap::Plain => {
-                let mut out = Vec::with_capacity(9 + ControlBody::encoded_len(acks.as_slice().len(), true, payload.len()));
+                let mut out =
+                    Vec::with_capacity(9 + ControlBody::encoded_len(acks.as_slice().len(), true, payload.len()));
                 out.extend_from_slice(&header);
                 body.encode(&mut out);
                 out
@@ -80,7 +81,11 @@ impl Wrap {
 
     /// Opens a control packet into its header and the body bytes (copied into `scratch`
     /// when they had to be decrypted). Checks tls-crypt replay ids.
-    pub fn open<'a>(&mut self, packet: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<(ControlHeader, ControlBody<'a>), UnwrapError> {
+    pub fn open<'a>(
+        &mut self,
+        packet: &'a [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<(ControlHeader, ControlBody<'a>), UnwrapError> {
         let header = ControlHeader::parse(packet)?;
         match self {
             Wrap::Plain => Ok((header, ControlBody::parse(header.opcode, &packet[ControlHeader::LEN..])?)),
