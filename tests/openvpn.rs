@@ -269,3 +269,47 @@ fn embedded_defaults_generate_a_pki_and_serve() {
     let p = ping(topo.client(0), "172.16.201.1", 3, Duration::from_millis(200));
     assert!(p.all_received(), "the gateway's tunnel address answers: {}", p.output);
 }
+
+/// Sends junk from client 1's namespace: random datagrams (some posing as data packets
+/// or resets) to UDP 1194 and random bytes on TCP 443 connections.
+const JUNK_SENDER: &str = r#"
+import os, random, socket
+random.seed(7)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(3000):
+    first = random.choice([0x48, 0x30, 0x38, 0x20, 0x28, random.randrange(256)])
+    udp.sendto(bytes([first]) + os.urandom(random.randrange(0, 1400)), ("192.168.100.1", 1194))
+for i in range(30):
+    t = socket.create_connection(("192.168.100.1", 443), timeout=5)
+    try:
+        t.sendall(os.urandom(random.randrange(1, 5000)))
+        t.sendall(bytes([0, 14, 0x38]) + os.urandom(13))
+    except OSError:
+        pass
+    t.close()
+print("junk sent")
+"#;
+
+#[test]
+fn junk_is_dropped_and_counted_and_harms_no_one() {
+    let topo = Topology::new(2);
+    let gw = Gateway::start(&topo, GatewayOptions::default());
+    gw.issue("alice");
+    let _alice = connect(&topo, 0, &gw.profile("alice", "udp"), &[]);
+    let out = topo.client(1).exec_ok(&["python3", "-c", JUNK_SENDER]);
+    assert!(out.contains("junk sent"));
+    let p = ping(topo.client(0), VNET_HOST_ADDR, 5, Duration::from_millis(200));
+    assert!(p.all_received(), "alice is unaffected: {}", p.output);
+    gw.process.signal(libc::SIGUSR2);
+    gw.wait_for_line(&["statistics", "sessions=1"], Duration::from_secs(5)).unwrap();
+    let stats = gw.log().lines().rev().find(|l| l.contains("statistics")).unwrap().to_string();
+    for reason in ["control_refused=", "unknown_session="] {
+        assert!(stats.contains(reason), "{reason} counted: {stats}");
+    }
+    assert!(gw.process.is_running(), "the gateway survives");
+    // A newcomer still gets in, and no junk became a session.
+    gw.issue("bob");
+    let _bob = connect(&topo, 1, &gw.profile("bob", "tcp"), &[]);
+    gw.process.signal(libc::SIGUSR2);
+    gw.wait_for_line(&["statistics", "sessions=2"], Duration::from_secs(5)).unwrap();
+}

@@ -11,6 +11,7 @@ pub mod tls;
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -18,6 +19,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::dataplane::counters::{DropReason, WorkerCounters, total_drops};
 use crate::dataplane::{ControlEvent, LocalHandle, Settings, Shared, WorkerCommand};
 use crate::pki::{ClientIdentity, ServerIdentity, SourceStamp, Thumbprint, TrustStore, client_identity};
 use crate::pool::AddressPool;
@@ -82,6 +84,7 @@ impl ControlPlane {
         let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         let mut sighup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        let mut sigusr2 = signal(SignalKind::user_defined2()).context("cannot watch SIGUSR2")?;
         let mut poll = tokio::time::interval(TRUST_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -92,8 +95,9 @@ impl ControlPlane {
                     info!("SIGHUP: reloading trusted roots, CRLs and revocations");
                     self.check_trust(true);
                 }
-                _ = sigterm.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
-                _ = sigint.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+                _ = sigusr2.recv() => self.log_statistics(),
+                _ = sigterm.recv() => { info!("SIGTERM: shutting down"); self.log_statistics(); return Ok(()); }
+                _ = sigint.recv() => { info!("SIGINT: shutting down"); self.log_statistics(); return Ok(()); }
             }
         }
     }
@@ -213,6 +217,31 @@ impl ControlPlane {
             self.pool.release(address);
         }
         self.free_peer_ids.push(peer_id);
+    }
+
+    /// One log line with sessions, traffic and drops by reason (on SIGUSR2 and at exit).
+    fn log_statistics(&self) {
+        let workers = &self.shared.counters;
+        let sum = |f: fn(&WorkerCounters) -> u64| workers.iter().map(f).sum::<u64>();
+        let batches = sum(|w| w.batches.load(Ordering::Relaxed));
+        let mean_batch = if batches == 0 { 0.0 } else { sum(|w| w.completions.load(Ordering::Relaxed)) as f64 / batches as f64 };
+        let drops: Vec<String> = DropReason::ALL
+            .iter()
+            .map(|&r| (r, total_drops(workers, r)))
+            .filter(|&(_, n)| n > 0)
+            .map(|(r, n)| format!("{}={n}", r.name()))
+            .collect();
+        info!(
+            sessions = self.sessions.len(),
+            pool_in_use = self.pool.in_use(),
+            pool_capacity = self.pool.capacity(),
+            to_tun = sum(|w| w.to_tun.load(Ordering::Relaxed)),
+            from_tun = sum(|w| w.from_tun.load(Ordering::Relaxed)),
+            handoffs = sum(|w| w.handoffs.load(Ordering::Relaxed)),
+            mean_batch = format!("{mean_batch:.1}"),
+            drops = if drops.is_empty() { "none".to_string() } else { drops.join(" ") },
+            "statistics"
+        );
     }
 
     fn push_config(&self, address: Ipv4Addr) -> PushConfig {
