@@ -224,7 +224,8 @@ impl ControlPlane {
         let workers = &self.shared.counters;
         let sum = |f: fn(&WorkerCounters) -> u64| workers.iter().map(f).sum::<u64>();
         let batches = sum(|w| w.batches.load(Ordering::Relaxed));
-        let mean_batch = if batches == 0 { 0.0 } else { sum(|w| w.completions.load(Ordering::Relaxed)) as f64 / batches as f64 };
+        let mean_batch =
+            if batches == 0 { 0.0 } else { sum(|w| w.completions.load(Ordering::Relaxed)) as f64 / batches as f64 };
         let drops: Vec<String> = DropReason::ALL
             .iter()
             .map(|&r| (r, total_drops(workers, r)))

@@ -28,5 +28,8 @@ pub fn create(name: &str, address: Ipv4Addr, pool: Ipv4Net, mtu: u16, queues: us
     }
     // SAFETY: as above.
     fds.insert(0, unsafe { OwnedFd::from_raw_fd(first.into_raw_fd()) });
+    // The tunnel carries IPv4 only for now; without this the kernel sends IPv6 router
+    // solicitations into it. Best effort: a host without IPv6 has no such knob.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
     Ok(fds)
 }

@@ -511,9 +511,7 @@ impl Worker {
         }
         match self.seal_into(&session, b, len) {
             Ok((start, end)) => {
-                let packet = self.bufs.get(b)[start..end].to_owned();
-                self.bufs.release(b);
-                self.queue_tcp(conn, &packet);
+                self.queue_tcp_from_buffer(conn, b, start, end);
                 self.counters().from_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(reason) => {
@@ -865,11 +863,7 @@ impl Worker {
         match self.seal_into(shared, b, data::PING_MAGIC.len()) {
             Ok((start, end)) => match link {
                 Link::Udp { listener, peer, local } => self.send_udp(listener, peer, local, b, start, end),
-                Link::Tcp { conn } => {
-                    let packet = self.bufs.get(b)[start..end].to_owned();
-                    self.bufs.release(b);
-                    self.queue_tcp(conn, &packet);
-                }
+                Link::Tcp { conn } => self.queue_tcp_from_buffer(conn, b, start, end),
             },
             Err(_) => self.bufs.release(b),
         }
@@ -958,6 +952,21 @@ impl Worker {
             }
         }
         self.arm_tcp_recv(conn);
+    }
+
+    /// Queues `bufs[b][start..end]` on a TCP connection and releases the buffer.
+    fn queue_tcp_from_buffer(&mut self, conn: u32, b: BufId, start: usize, end: usize) {
+        let queued = match self.conns.get_mut(conn as usize).and_then(Option::as_mut).filter(|c| !c.closing) {
+            Some(c) => {
+                c.queue(&self.bufs.get(b)[start..end]);
+                true
+            }
+            None => false,
+        };
+        self.bufs.release(b);
+        if queued {
+            self.kick_tcp_send(conn);
+        }
     }
 
     fn queue_tcp(&mut self, conn: u32, packet: &[u8]) {

@@ -4,8 +4,9 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use super::packet::Opcode;
+use super::packet::{Opcode, SessionId};
 use super::reliable::{Reliable, Timing};
+use super::wrap::Wrap;
 
 /// TLS bytes carried by one P_CONTROL_V1 packet. OpenVPN's default `tls-mtu` is 1250
 /// bytes for the whole UDP payload; this leaves room for the header, tls-crypt and
@@ -102,6 +103,31 @@ impl KeyChannel {
             }
         }
         Ok(())
+    }
+
+    /// The next packet to put on the wire: a reliable message due for (re)transmission
+    /// with any pending ACKs riding on it, or, with `bare_ack`, a P_ACK_V1 for ACKs
+    /// that found no message to ride on. Sessions ask every channel for the first
+    /// kind before any for the second.
+    pub fn poll_packet(
+        &mut self,
+        now: Instant,
+        bare_ack: bool,
+        wrap: &mut Wrap,
+        local: SessionId,
+        remote: SessionId,
+        scratch: &mut Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        if bare_ack {
+            if !self.reliable.has_pending_acks() {
+                return None;
+            }
+            let acks = self.reliable.take_acks();
+            return Some(wrap.seal(Opcode::AckV1, self.key_id, local, remote, acks, None, &[], scratch));
+        }
+        let t = self.reliable.poll_transmit(now)?;
+        let acks = self.reliable.take_acks();
+        Some(wrap.seal(t.opcode, self.key_id, local, remote, acks, Some(t.message_id), &t.payload, scratch))
     }
 
     pub fn handshake_done(&self) -> bool {

@@ -280,36 +280,12 @@ impl ClientSession {
     }
 
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let remote = self.remote_sid.unwrap_or_default();
-        let local = self.local_sid;
-        for k in &mut self.keys {
-            if let Some(t) = k.chan.reliable.poll_transmit(now) {
-                let acks = k.chan.reliable.take_acks();
-                return Some(self.wrap.seal(
-                    t.opcode,
-                    k.chan.key_id,
-                    local,
-                    remote,
-                    acks,
-                    Some(t.message_id),
-                    &t.payload,
-                    &mut self.scratch,
-                ));
-            }
-        }
-        for k in &mut self.keys {
-            if k.chan.reliable.has_pending_acks() {
-                let acks = k.chan.reliable.take_acks();
-                return Some(self.wrap.seal(
-                    Opcode::AckV1,
-                    k.chan.key_id,
-                    local,
-                    remote,
-                    acks,
-                    None,
-                    &[],
-                    &mut self.scratch,
-                ));
+        let (local, remote) = (self.local_sid, self.remote_sid.unwrap_or_default());
+        for bare_ack in [false, true] {
+            for k in &mut self.keys {
+                if let Some(p) = k.chan.poll_packet(now, bare_ack, &mut self.wrap, local, remote, &mut self.scratch) {
+                    return Some(p);
+                }
             }
         }
         None

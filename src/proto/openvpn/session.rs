@@ -654,33 +654,12 @@ impl ServerSession {
 
     /// The next control packet to send.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let out = self.poll_transmit_inner(now, &mut scratch);
-        self.scratch = scratch;
-        out
-    }
-
-    fn poll_transmit_inner(&mut self, now: Instant, scratch: &mut Vec<u8>) -> Option<Vec<u8>> {
         let (local, remote) = (self.local_sid, self.remote_sid);
-        for ks in &mut self.keys {
-            if let Some(t) = ks.chan.reliable.poll_transmit(now) {
-                let acks = ks.chan.reliable.take_acks();
-                return Some(self.wrap.seal(
-                    t.opcode,
-                    ks.chan.key_id,
-                    local,
-                    remote,
-                    acks,
-                    Some(t.message_id),
-                    &t.payload,
-                    scratch,
-                ));
-            }
-        }
-        for ks in &mut self.keys {
-            if ks.chan.reliable.has_pending_acks() {
-                let acks = ks.chan.reliable.take_acks();
-                return Some(self.wrap.seal(Opcode::AckV1, ks.chan.key_id, local, remote, acks, None, &[], scratch));
+        for bare_ack in [false, true] {
+            for ks in &mut self.keys {
+                if let Some(p) = ks.chan.poll_packet(now, bare_ack, &mut self.wrap, local, remote, &mut self.scratch) {
+                    return Some(p);
+                }
             }
         }
         None
