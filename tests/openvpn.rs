@@ -284,6 +284,8 @@ for i in range(30):
     try:
         t.sendall(os.urandom(random.randrange(1, 5000)))
         t.sendall(bytes([0, 14, 0x38]) + os.urandom(13))
+        # Well-framed but longer than any OpenVPN packet (once crashed a worker).
+        t.sendall(bytes([0x09, 0x2d, 0x20]) + os.urandom(2348))
     except OSError:
         pass
     t.close()

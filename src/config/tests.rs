@@ -374,11 +374,12 @@ fn handshake_window_is_5_to_600() {
 }
 
 #[test]
-fn tun_mtu_is_576_to_9000() {
-    assert_refused(&["[openvpn]", "tun_mtu = 575"], 2, "tun_mtu (575) must be between 576 and 9000");
+fn tun_mtu_is_576_to_2000() {
+    assert_refused(&["[openvpn]", "tun_mtu = 575"], 2, "tun_mtu (575) must be between 576 and 2000");
     assert_refused(&["[openvpn]", "tun_mtu = 9001"], 2, "tun_mtu (9001)");
     accepted(&["[openvpn]", "tun_mtu = 576"]);
-    accepted(&["[openvpn]", "tun_mtu = 9000"]);
+    accepted(&["[openvpn]", "tun_mtu = 2000"]);
+    assert_refused(&["[openvpn]", "tun_mtu = 9000"], 2, "tun_mtu (9000) must be between 576 and 2000");
 }
 
 #[test]
@@ -496,7 +497,7 @@ fn load_reads_a_file() {
 
     let bad = dir.file("bad.toml", &toml(&["[openvpn]", "tun_mtu = 1"]));
     let error = Config::load(&bad).unwrap_err();
-    assert_eq!(error.to_string(), format!("{}:2:1: tun_mtu (1) must be between 576 and 9000", bad.display()));
+    assert_eq!(error.to_string(), format!("{}:2:1: tun_mtu (1) must be between 576 and 2000", bad.display()));
 }
 
 #[test]

@@ -18,7 +18,7 @@ const MAX_TRUSTED_ROOT_FILES: usize = 20;
 const HANDSHAKE_WINDOW_SECS: std::ops::RangeInclusive<u32> = 5..=600;
 const MIN_RENEG_SECS: u32 = 10;
 /// IPv4 minimum datagram size (RFC 791) to jumbo frames.
-const TUN_MTU: std::ops::RangeInclusive<u16> = 576..=9000;
+const TUN_MTU: std::ops::RangeInclusive<u16> = 576..=crate::dataplane::buffers::MAX_TUN_MTU;
 const MAX_WORKERS: usize = 256;
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 const MAX_TUN_NAME_LEN: usize = 15;

@@ -12,6 +12,10 @@ use super::sys;
 /// it, and a TCP length prefix, with slack.
 pub const BUF_SIZE: usize = 2048;
 
+/// The largest tunnel MTU the buffers hold: a packet read from the TUN lands after the
+/// data-channel header room, and the sealed packet must still fit a buffer.
+pub const MAX_TUN_MTU: u16 = (BUF_SIZE - crate::proto::openvpn::data::HEADROOM - 24) as u16;
+
 pub type BufId = u32;
 
 /// The kernel-facing message header of one buffer.

@@ -173,13 +173,22 @@ impl Dataplane {
                 {
                     tracing::warn!(worker = index, cpu, error = %e, "cannot pin worker to its CPU");
                 }
-                match worker::Worker::new(index, shared, io) {
-                    Ok(mut w) => {
-                        if let Err(e) = w.run() {
-                            tracing::error!(worker = index, error = %e, "worker stopped");
-                        }
+                // A worker that dies would leave its clients and TUN queue stranded while
+                // the gateway looks alive: stop the whole process instead, so that the
+                // service manager restarts it and clients reconnect.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    worker::Worker::new(index, shared, io).and_then(|mut w| w.run())
+                }));
+                match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(worker = index, error = %e, "worker failed; stopping the gateway");
+                        std::process::exit(70);
                     }
-                    Err(e) => tracing::error!(worker = index, error = %e, "worker failed to start"),
+                    Err(_) => {
+                        tracing::error!(worker = index, "worker panicked; stopping the gateway");
+                        std::process::abort();
+                    }
                 }
             })?;
             threads.push(t);

@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
-/// Largest packet accepted on a TCP stream. OpenVPN packets are at most a few
-/// hundred bytes over the tunnel MTU.
-pub const MAX_FRAME: usize = 4096;
+/// Largest packet accepted on a TCP stream: what a packet buffer holds. OpenVPN
+/// packets are the tunnel MTU plus a few dozen bytes.
+pub const MAX_FRAME: usize = super::buffers::BUF_SIZE;
 const RECV_BUFFER: usize = 32 * 1024;
 /// Output queued beyond this drops data packets (control packets still go): a slow
 /// client must not pin unbounded memory.
@@ -151,6 +151,8 @@ mod tests {
         assert_eq!(c.frame_at(0), Frame::Invalid);
         c.recv[..2].copy_from_slice(&[0xff, 0xff]);
         assert_eq!(c.frame_at(0), Frame::Invalid);
+        c.recv[..2].copy_from_slice(&((MAX_FRAME + 1) as u16).to_be_bytes());
+        assert_eq!(c.frame_at(0), Frame::Invalid, "longer than a packet buffer");
     }
 
     #[test]
