@@ -48,6 +48,18 @@ pub fn tls_crypt(data: &[u8]) {
     let _ = tc.unwrap(data, &mut out);
 }
 
+/// OpenVPN-over-TCP framing: every packet found must fit a packet buffer, and
+/// walking the stream always makes progress.
+pub fn tcp_stream(data: &[u8]) {
+    use crate::dataplane::buffers::BUF_SIZE;
+    use crate::dataplane::tcp::{Frame, frame_at};
+    let mut offset = 0;
+    while let Frame::Packet { start, end } = frame_at(data, offset) {
+        assert!(end - start <= BUF_SIZE && end <= data.len() && end > offset, "frame {start}..{end} at {offset}");
+        offset = end;
+    }
+}
+
 /// Key-method messages, peer-info and PUSH_REPLY text.
 pub fn key_method(data: &[u8]) {
     let _ = ClientKeyMethod2::parse(data);
@@ -164,6 +176,7 @@ mod tests {
             control_packet(d);
             data_packet(d);
             tls_crypt(d);
+            tcp_stream(d);
         });
         let km2 = ClientKeyMethod2 {
             pre_master: [1; 48],
@@ -191,5 +204,8 @@ mod tests {
             stream.extend_from_slice(p);
         }
         mutations(&[&stream], 2000, server_session);
+        // A well-framed packet one byte longer than a buffer (it once crashed a worker).
+        let oversized: Vec<u8> = [0x08, 0x01].into_iter().chain(std::iter::repeat_n(0x20, 0x0801)).collect();
+        mutations(&[&stream, &oversized], 2000, tcp_stream);
     }
 }

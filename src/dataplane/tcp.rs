@@ -45,6 +45,22 @@ pub enum Frame {
     Invalid,
 }
 
+/// The frame starting at `offset` of a received byte stream.
+pub fn frame_at(stream: &[u8], offset: usize) -> Frame {
+    let avail = stream.get(offset..).unwrap_or_default();
+    if avail.len() < 2 {
+        return Frame::Incomplete;
+    }
+    let len = u16::from_be_bytes([avail[0], avail[1]]) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Frame::Invalid;
+    }
+    if avail.len() < 2 + len {
+        return Frame::Incomplete;
+    }
+    Frame::Packet { start: offset + 2, end: offset + 2 + len }
+}
+
 impl TcpConn {
     pub fn new(generation: u32, fd: OwnedFd, peer: SocketAddr, listener: usize) -> Self {
         TcpConn {
@@ -66,18 +82,7 @@ impl TcpConn {
 
     /// Looks at the frame at `offset` in the received bytes.
     pub fn frame_at(&self, offset: usize) -> Frame {
-        let avail = &self.recv[offset..self.recv_len];
-        if avail.len() < 2 {
-            return Frame::Incomplete;
-        }
-        let len = u16::from_be_bytes([avail[0], avail[1]]) as usize;
-        if len == 0 || len > MAX_FRAME {
-            return Frame::Invalid;
-        }
-        if avail.len() < 2 + len {
-            return Frame::Incomplete;
-        }
-        Frame::Packet { start: offset + 2, end: offset + 2 + len }
+        frame_at(&self.recv[..self.recv_len], offset)
     }
 
     /// Drops the first `consumed` received bytes.
