@@ -18,3 +18,5 @@ pub mod pool;
 pub mod profile;
 pub mod proto;
 pub mod serve;
+#[cfg(test)]
+mod test_rng;

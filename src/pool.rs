@@ -274,21 +274,7 @@ mod tests {
         assert_eq!(pool.allocate(None), None);
     }
 
-    /// xorshift64 (Marsaglia 2003): deterministic pseudo-random numbers for the model test.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::test_rng::XorShift;
 
     /// Random allocations and releases against a model (a HashSet of held addresses, with a
     /// sorted set of free ones to name the lowest); the pool must agree at every step: the

@@ -495,16 +495,9 @@ mod tests {
         assert_eq!(DataHeader::parse(&[0x20; 40]), Err(DataError::NotData { opcode: 4 }));
 
         // Pseudo-random garbage of every length, with data opcodes forced in front.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1d);
         for len in 0..200 {
-            let mut packet: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+            let mut packet: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             if let Some(first) = packet.first_mut() {
                 *first = if len % 2 == 0 { 0x48 } else { 0x30 };
             }

@@ -24,6 +24,7 @@ use super::static_key::StaticKey;
 use super::tls_crypt::TlsCrypt;
 use super::wrap::Wrap;
 use crate::crypto::AeadAlgorithm;
+use crate::test_rng::XorShift;
 
 struct TestCa {
     cert: CertificateDer<'static>,
@@ -123,17 +124,18 @@ fn push_config() -> PushConfig {
 
 /// A deterministic lossy network.
 struct Net {
-    seed: u64,
+    rng: XorShift,
     loss_pct: u64,
     dup_pct: u64,
 }
 
 impl Net {
+    fn new(seed: u64, loss_pct: u64, dup_pct: u64) -> Net {
+        Net { rng: XorShift(seed), loss_pct, dup_pct }
+    }
+
     fn rand(&mut self) -> u64 {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        self.seed % 100
+        self.rng.below(100)
     }
 
     /// What arrives of one sent packet: zero, one or two copies.
@@ -314,7 +316,7 @@ fn check_connected(run: &Run, expect_cipher: AeadAlgorithm) {
 #[test]
 fn handshake_tls13_tls_crypt_ekm() {
     let ca = TestCa::new("ca");
-    let run = handshake(setup(&ca, &ca, PEER_INFO_26, true), Net { seed: 1, loss_pct: 0, dup_pct: 0 });
+    let run = handshake(setup(&ca, &ca, PEER_INFO_26, true), Net::new(1, 0, 0));
     check_connected(&run, AeadAlgorithm::ChaCha20Poly1305);
     let (pushed, _) = run.connected().unwrap();
     assert!(pushed.ekm, "2.6 clients get tls-ekm");
@@ -327,7 +329,7 @@ fn handshake_tls12_without_tls_crypt_and_legacy_prf() {
     let ca = TestCa::new("ca");
     let mut s = setup(&ca, &ca, "IV_VER=2.4.0\nIV_NCP=2\nIV_PROTO=2\n", false);
     s.tls_crypt = false;
-    let run = handshake(s, Net { seed: 2, loss_pct: 0, dup_pct: 0 });
+    let run = handshake(s, Net::new(2, 0, 0));
     check_connected(&run, AeadAlgorithm::Aes256Gcm);
     assert!(!run.connected().unwrap().0.ekm, "no tls-ekm for a client that did not offer it");
 }
@@ -336,7 +338,7 @@ fn handshake_tls12_without_tls_crypt_and_legacy_prf() {
 fn handshake_survives_loss_duplication_and_reordering() {
     let ca = TestCa::new("ca");
     for seed in [3, 4, 5] {
-        let run = handshake(setup(&ca, &ca, PEER_INFO_26, true), Net { seed, loss_pct: 25, dup_pct: 15 });
+        let run = handshake(setup(&ca, &ca, PEER_INFO_26, true), Net::new(seed, 25, 15));
         check_connected(&run, AeadAlgorithm::ChaCha20Poly1305);
     }
 }
@@ -344,7 +346,7 @@ fn handshake_survives_loss_duplication_and_reordering() {
 #[test]
 fn rejection_reaches_the_client() {
     let ca = TestCa::new("ca");
-    let mut run = Run::new(setup(&ca, &ca, PEER_INFO_26, true), Net { seed: 6, loss_pct: 0, dup_pct: 0 });
+    let mut run = Run::new(setup(&ca, &ca, PEER_INFO_26, true), Net::new(6, 0, 0));
     run.server.decision = Some(AuthDecision::Reject { reason: "certificate revoked".into() });
     let done = run.run_until(Duration::from_secs(10), |r| r.server.closed.is_some());
     assert!(done);
@@ -357,7 +359,7 @@ fn rejection_reaches_the_client() {
 fn unknown_ca_is_refused_in_tls() {
     let good = TestCa::new("ca");
     let other = TestCa::new("other");
-    let mut run = Run::new(setup(&other, &good, PEER_INFO_26, true), Net { seed: 7, loss_pct: 0, dup_pct: 0 });
+    let mut run = Run::new(setup(&other, &good, PEER_INFO_26, true), Net::new(7, 0, 0));
     run.run_until(Duration::from_secs(10), |r| r.server.closed.is_some());
     assert!(matches!(run.server.closed, Some(CloseReason::Tls(_))), "{:?}", run.server.closed);
     assert!(run.server.authenticated.is_none());
@@ -366,10 +368,7 @@ fn unknown_ca_is_refused_in_tls() {
 #[test]
 fn no_shared_cipher_is_refused_with_a_reason() {
     let ca = TestCa::new("ca");
-    let mut run = Run::new(
-        setup(&ca, &ca, "IV_CIPHERS=AES-128-GCM\nIV_PROTO=990\n", true),
-        Net { seed: 8, loss_pct: 0, dup_pct: 0 },
-    );
+    let mut run = Run::new(setup(&ca, &ca, "IV_CIPHERS=AES-128-GCM\nIV_PROTO=990\n", true), Net::new(8, 0, 0));
     run.run_until(Duration::from_secs(10), |r| r.server.closed.is_some());
     assert!(
         run.client_events
@@ -385,7 +384,7 @@ fn server_renegotiation_rotates_keys() {
     let ca = TestCa::new("ca");
     let mut s = setup(&ca, &ca, PEER_INFO_26, true);
     Arc::get_mut(&mut s.server_settings).unwrap().reneg_interval = Some(Duration::from_secs(10));
-    let mut run = handshake(s, Net { seed: 9, loss_pct: 10, dup_pct: 5 });
+    let mut run = handshake(s, Net::new(9, 10, 5));
     for round in 1..=8u8 {
         let want = if round <= 7 { round } else { 1 };
         let ok = run.run_until(Duration::from_secs(40), |r| {
@@ -413,7 +412,7 @@ fn server_renegotiation_rotates_keys() {
 #[test]
 fn client_exit_closes_the_session() {
     let ca = TestCa::new("ca");
-    let mut run = handshake(setup(&ca, &ca, PEER_INFO_26, true), Net { seed: 10, loss_pct: 0, dup_pct: 0 });
+    let mut run = handshake(setup(&ca, &ca, PEER_INFO_26, true), Net::new(10, 0, 0));
     run.client.send_message("EXIT");
     assert!(run.run_until(Duration::from_secs(5), |r| r.server.closed.is_some()));
     assert_eq!(run.server.closed, Some(CloseReason::ClientExit));
