@@ -315,3 +315,27 @@ fn junk_is_dropped_and_counted_and_harms_no_one() {
     gw.process.signal(libc::SIGUSR2);
     gw.wait_for_line(&["statistics", "sessions=2"], Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn a_client_restarting_from_the_same_port_gets_straight_back_in() {
+    let topo = Topology::new(1);
+    // A keepalive timeout far longer than the test: only the new handshake can free the way.
+    let gw = Gateway::start(&topo, GatewayOptions { keepalive: (10, 120), ..Default::default() });
+    gw.issue("alice");
+    // As behind a NAT that keeps the mapping: the client's source port does not change.
+    let profile = topo.temp_dir().join("alice-fixed-port.ovpn");
+    let text = std::fs::read_to_string(gw.profile("alice", "udp")).unwrap();
+    std::fs::write(&profile, text.replace("nobind\n", "")).unwrap();
+    let same_port = ["--lport", "40123"];
+    let first = connect(&topo, 0, &profile, &same_port);
+    let address = pushed_address(&first.log_text()).unwrap();
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(5)).unwrap();
+    let started = Instant::now();
+    let second = OpenVpnClient::start(topo.client(0), &profile, &same_port);
+    second.wait_connected(Duration::from_secs(8)).expect("reconnects without waiting for the old session to time out");
+    eprintln!("reconnected from the same port in {:?}", started.elapsed());
+    assert_eq!(pushed_address(&second.log_text()).unwrap(), address);
+    let p = ping(topo.client(0), VNET_HOST_ADDR, 3, Duration::from_millis(200));
+    assert!(p.all_received(), "{}", p.output);
+}

@@ -192,6 +192,7 @@ impl ControlPlane {
             match &reason {
                 CloseReason::Tls(e) => warn!(%peer, error = %e, "TLS handshake failed"),
                 CloseReason::HandshakeTimeout => info!(%peer, "handshake timed out"),
+                CloseReason::AuthFailed(_) => {} // logged with its reason when decided
                 other => info!(%peer, reason = %other, "connection closed before authentication"),
             }
             return;

@@ -303,9 +303,7 @@ impl Worker {
             }
             OP_TCP_RECV => self.on_tcp_recv(now, a, b, res),
             OP_TCP_SEND => self.on_tcp_sent(a, b, res),
-            OP_WAKE if (self.shutdown_at.is_none() || res > 0) => {
-                self.arm_wake();
-            }
+            OP_WAKE => self.arm_wake(),
             _ => {}
         }
     }
@@ -535,12 +533,9 @@ impl Worker {
                     self.drive(now, slot);
                     return;
                 }
-                // The client restarted with a new session: let the acceptor start one.
-                Err(SessionError::WrongSession)
-                    if packet.first().map(|b| b >> 3) == Some(Opcode::HardResetClientV2 as u8) => {}
-                Err(SessionError::WrongSession)
-                    if packet.first().is_some_and(|b| matches!(b >> 3, 4 | 5))
-                        && local.proto.send_key_id().is_none() => {}
+                // Another session id from this address: a client that restarted. Only the
+                // acceptor can admit it (a reset, or a valid cookie bound to this address).
+                Err(SessionError::WrongSession) => {}
                 Err(e) => {
                     debug!(worker = self.index, error = %e, "control packet refused");
                     self.count_drop(DropReason::ControlRefused);

@@ -80,7 +80,8 @@ reneg_secs = {reneg}
         );
         std::fs::write(&config_path, config).expect("write gateway config");
         p2sgw(&["check-config", path(&config_path)]);
-        let process = topo.gw().spawn(&[P2SGW, "serve", "--config", path(&config_path)], "p2sgw");
+        let process =
+            topo.gw().spawn(&["env", "P2SGW_LOG=debug", P2SGW, "serve", "--config", path(&config_path)], "p2sgw");
         process.wait_for_log("gateway up", Duration::from_secs(20)).expect("gateway starts");
         Gateway { state_dir, config_path, process }
     }

@@ -141,7 +141,7 @@ impl ClientSession {
     }
 
     fn handle_inner(&mut self, now: Instant, packet: &[u8], scratch: &mut Vec<u8>) -> Result<(), UnwrapError> {
-        let (header, body) = self.wrap.open(packet, scratch)?;
+        let (header, body) = self.wrap.open(packet, self.remote_sid, scratch)?;
         match self.remote_sid {
             None if header.opcode == Opcode::HardResetServerV2 => self.remote_sid = Some(header.session_id),
             Some(sid) if sid == header.session_id => {}

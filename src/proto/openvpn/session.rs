@@ -271,10 +271,10 @@ impl ServerSession {
     }
 
     fn handle_packet_inner(&mut self, now: Instant, packet: &[u8], scratch: &mut Vec<u8>) -> Result<(), SessionError> {
-        let (header, body) = self.wrap.open(packet, scratch)?;
-        if header.session_id != self.remote_sid {
-            return Err(SessionError::WrongSession);
-        }
+        let (header, body) = match self.wrap.open(packet, Some(self.remote_sid), scratch) {
+            Err(UnwrapError::OtherSession) => return Err(SessionError::WrongSession),
+            other => other?,
+        };
         if !body.acks.is_empty() && body.remote_session_id != Some(self.local_sid) {
             return Err(SessionError::WrongSession);
         }

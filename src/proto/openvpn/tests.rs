@@ -19,7 +19,7 @@ use super::data::DataKey;
 use super::keys::Role;
 use super::push::PushConfig;
 use super::reliable::Timing;
-use super::session::{AuthDecision, AuthGrant, CloseReason, Event, ServerSession, ServerSettings};
+use super::session::{AuthDecision, AuthGrant, CloseReason, Event, ServerSession, ServerSettings, SessionError};
 use super::static_key::StaticKey;
 use super::tls_crypt::TlsCrypt;
 use super::wrap::Wrap;
@@ -459,4 +459,22 @@ fn acceptor_drops_forged_and_unauthenticated_packets() {
         let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
         let _ = acceptor.handle(now, UNIX, PEER, &junk, &s.server_settings);
     }
+}
+
+#[test]
+fn another_clients_packets_neither_reach_nor_disturb_a_session() {
+    let ca = TestCa::new("ca");
+    let mut run = handshake(setup(&ca, &ca, PEER_INFO_26, true), Net::new(11, 0, 0));
+    // A second client instance from the same address, same second: its replay ids
+    // restart at 1 under the same time as the first client's.
+    let settings = run.setup.client_settings.clone();
+    let key = Arc::new(TlsCrypt::new(&run.setup.static_key, Role::Client));
+    let mut newcomer = ClientSession::new(settings, Wrap::tls_crypt(key, 1, UNIX as u32), run.now).unwrap();
+    let reset = newcomer.poll_transmit(run.now).unwrap();
+    let session = run.server.session.as_mut().unwrap();
+    assert_eq!(session.handle_packet(run.now, &reset), Err(SessionError::WrongSession));
+    // The first client's session still accepts its own next packets.
+    run.client.send_message("EXIT");
+    assert!(run.run_until(Duration::from_secs(5), |r| r.server.closed.is_some()));
+    assert_eq!(run.server.closed, Some(CloseReason::ClientExit));
 }

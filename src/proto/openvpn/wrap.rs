@@ -15,6 +15,9 @@ pub enum UnwrapError {
     TlsCrypt(#[from] TlsCryptError),
     #[error("replayed or too old control packet")]
     Replay,
+    /// Authentic, but from another session of this key (a client that restarted).
+    #[error("packet from another session")]
+    OtherSession,
 }
 
 /// The per-session envelope state.
@@ -79,19 +82,27 @@ impl Wrap {
         }
     }
 
-    /// Opens a control packet into its header and the body bytes (copied into `scratch`
-    /// when they had to be decrypted). Checks tls-crypt replay ids.
+    /// Opens a control packet from `sender` into its header and the body bytes (copied
+    /// into `scratch` when they had to be decrypted), checking tls-crypt replay ids. A
+    /// packet from another session is refused before it can touch the replay window,
+    /// which belongs to this sender alone.
     pub fn open<'a>(
         &mut self,
         packet: &'a [u8],
+        sender: Option<SessionId>,
         scratch: &'a mut Vec<u8>,
     ) -> Result<(ControlHeader, ControlBody<'a>), UnwrapError> {
         let header = ControlHeader::parse(packet)?;
+        let from_other = sender.is_some_and(|s| s != header.session_id);
         match self {
+            Wrap::Plain if from_other => Err(UnwrapError::OtherSession),
             Wrap::Plain => Ok((header, ControlBody::parse(header.opcode, &packet[ControlHeader::LEN..])?)),
             Wrap::TlsCrypt(st) => {
                 scratch.clear();
                 let h = st.key.unwrap(packet, scratch)?;
+                if from_other {
+                    return Err(UnwrapError::OtherSession);
+                }
                 let seq = u64::from(h.packet_id);
                 // Long-form ids: a newer time starts a new sequence; an older one is a replay.
                 if h.net_time < st.recv_time {
