@@ -339,3 +339,23 @@ fn a_client_restarting_from_the_same_port_gets_straight_back_in() {
     let p = ping(topo.client(0), VNET_HOST_ADDR, 3, Duration::from_millis(200));
     assert!(p.all_received(), "{}", p.output);
 }
+
+#[test]
+fn after_stopping_the_gateway_its_ports_are_free_at_once() {
+    let topo = Topology::new(1);
+    let gw = Gateway::start(&topo, GatewayOptions::default());
+    gw.issue("alice");
+    let client = connect(&topo, 0, &gw.profile("alice", "udp"), &[]);
+    gw.process.signal(libc::SIGTERM);
+    let status = gw.process.wait_exit(Duration::from_secs(10)).expect("stops on SIGTERM");
+    assert!(status.success(), "clean exit: {status:?}");
+    let sockets = topo.gw().exec_ok(&["ss", "-Hantu"]);
+    assert!(
+        !sockets.lines().any(|l| l.contains(":1194 ") || (l.contains(":443 ") && l.contains("LISTEN"))),
+        "sockets outlive the gateway:\n{sockets}"
+    );
+    // Clients were told to reconnect rather than left to time out.
+    client
+        .wait_for_log("Connection reset command was pushed by server", Duration::from_secs(5))
+        .expect("told to restart");
+}

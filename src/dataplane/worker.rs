@@ -204,8 +204,28 @@ impl Worker {
             if let Some(t) = self.shutdown_at
                 && (now >= t || self.sessions.iter().all(Option::is_none))
             {
-                let _ = self.ring.submit();
+                self.quiesce();
                 return Ok(());
+            }
+        }
+    }
+
+    /// Cancels every operation still in flight and reaps the completions. Otherwise
+    /// the kernel tears the ring down asynchronously after the process exits, and its
+    /// pending receives keep the sockets open meanwhile: a restarted gateway would join
+    /// SO_REUSEPORT groups with dead sockets that swallow its clients' packets.
+    fn quiesce(&mut self) {
+        let _ = self.ring.submit();
+        let limit = types::Timespec::new().sec(2);
+        if let Err(e) = self.ring.submitter().register_sync_cancel(Some(limit), types::CancelBuilder::any()) {
+            warn!(worker = self.index, error = %e, "cannot cancel in-flight operations");
+        }
+        // Cancelled requests complete through deferred task work, run on this wait.
+        let reap = types::Timespec::new().nsec(10_000_000);
+        loop {
+            let _ = self.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&reap));
+            if self.ring.completion().count() == 0 {
+                break;
             }
         }
     }
