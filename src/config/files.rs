@@ -77,6 +77,21 @@ fn files_to_check(config: &Config) -> Vec<FileToCheck> {
         keys: Vec::new(),
         optional: true,
     });
+    let token = &config.token;
+    if let Some(path) = &token.jwks_file {
+        files.push(FileToCheck {
+            what: "JWKS file",
+            path: path.clone(),
+            keys: vec!["token.jwks_file".to_string()],
+            optional: false,
+        });
+    }
+    files.extend(token.ca_files.iter().enumerate().map(|(i, path)| FileToCheck {
+        what: "token CA file",
+        path: path.clone(),
+        keys: vec![format!("token.ca_files[{i}]"), "token.ca_files".to_string()],
+        optional: false,
+    }));
     files
 }
 

@@ -43,6 +43,9 @@ pub struct Config {
     pub pki: PkiConfig,
     pub openvpn: OpenVpnConfig,
     pub dataplane: DataplaneConfig,
+    pub auth: AuthConfig,
+    pub radius: RadiusConfig,
+    pub token: TokenConfig,
     /// Where each key was written; empty for a configuration built in code. Not part of
     /// the configuration itself: it never affects equality and is never serialized.
     #[serde(skip)]
@@ -81,6 +84,10 @@ pub struct NetworkConfig {
     pub dns_servers: Vec<IpAddr>,
     /// DNS search domains pushed to clients.
     pub dns_search: Vec<String>,
+    /// Extra pools chosen by group, `"GROUP=PREFIX"`, the first matching entry winning.
+    /// GROUP is matched against RADIUS Filter-Id and MS-Azure-Policy-ID values and token
+    /// `groups` claims.
+    pub group_pools: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -156,6 +163,196 @@ impl Default for NetworkConfig {
             full_tunnel: false,
             dns_servers: Vec::new(),
             dns_search: Vec::new(),
+            group_pools: Vec::new(),
+        }
+    }
+}
+
+/// A combination of checks that admits a client: `certificate`, `radius`, `token`, or
+/// several joined by `+` (all must pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AuthRequirement {
+    pub certificate: bool,
+    pub radius: bool,
+    pub token: bool,
+}
+
+impl AuthRequirement {
+    pub const CERTIFICATE: AuthRequirement = AuthRequirement { certificate: true, radius: false, token: false };
+
+    /// Needs a username and password (a RADIUS password or a token).
+    pub fn needs_password(&self) -> bool {
+        self.radius || self.token
+    }
+}
+
+impl fmt::Display for AuthRequirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<&str> = [(self.certificate, "certificate"), (self.radius, "radius"), (self.token, "token")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&parts.join("+"))
+    }
+}
+
+impl std::str::FromStr for AuthRequirement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut r = AuthRequirement::default();
+        for part in s.split('+').map(str::trim) {
+            let flag = match part {
+                "certificate" => &mut r.certificate,
+                "radius" => &mut r.radius,
+                "token" => &mut r.token,
+                other => {
+                    return Err(format!(
+                        "unknown authentication method {other:?} in {s:?} (use certificate, radius, token, joined by +)"
+                    ));
+                }
+            };
+            if *flag {
+                return Err(format!("{part} appears twice in {s:?}"));
+            }
+            *flag = true;
+        }
+        Ok(r)
+    }
+}
+
+impl Serialize for AuthRequirement {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for AuthRequirement {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Combinations of checks, any one of which admits a client.
+    pub require: Vec<AuthRequirement>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { require: vec![AuthRequirement::CERTIFICATE] }
+    }
+}
+
+impl AuthConfig {
+    pub fn uses(&self, method: fn(&AuthRequirement) -> bool) -> bool {
+        self.require.iter().any(method)
+    }
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RadiusConfig {
+    /// Authentication servers, tried in order (failover).
+    pub servers: Vec<SocketAddr>,
+    /// Accounting servers; empty means the authentication hosts on port 1813.
+    pub accounting_servers: Vec<SocketAddr>,
+    /// Shared secrets: one for every server, or one per server in `servers` order.
+    pub secrets: Vec<String>,
+    /// Seconds to wait for one server before trying the next.
+    pub timeout_secs: u32,
+    /// Transmissions per server (the first and its retries) within the timeout.
+    pub tries: u32,
+    pub nas_identifier: String,
+    /// Send accounting Start, Interim-Update and Stop records.
+    pub accounting: bool,
+    /// Interim-Update period when the server does not set Acct-Interim-Interval.
+    pub interim_interval_secs: u32,
+}
+
+impl fmt::Debug for RadiusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RadiusConfig")
+            .field("servers", &self.servers)
+            .field("accounting_servers", &self.accounting_servers)
+            .field("secrets", &format_args!("<{} hidden>", self.secrets.len()))
+            .field("timeout_secs", &self.timeout_secs)
+            .field("tries", &self.tries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RadiusConfig {
+    fn default() -> Self {
+        RadiusConfig {
+            servers: Vec::new(),
+            accounting_servers: Vec::new(),
+            secrets: Vec::new(),
+            timeout_secs: 5,
+            tries: 3,
+            nas_identifier: "p2sgw".to_string(),
+            accounting: true,
+            interim_interval_secs: 300,
+        }
+    }
+}
+
+impl RadiusConfig {
+    /// The secret shared with server `index`.
+    pub fn secret_for(&self, index: usize) -> &str {
+        self.secrets.get(index).or(self.secrets.first()).map_or("", String::as_str)
+    }
+
+    pub fn accounting_addresses(&self) -> Vec<SocketAddr> {
+        if self.accounting_servers.is_empty() {
+            self.servers.iter().map(|a| SocketAddr::new(a.ip(), 1813)).collect()
+        } else {
+            self.accounting_servers.clone()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// Accepted `iss` values, e.g. `https://sts.windows.net/<tenant>/`.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (one or more).
+    pub audiences: Vec<String>,
+    /// Required `tid` (Entra tenant id).
+    pub tenant: Option<String>,
+    /// Signing keys from a local JWKS file…
+    pub jwks_file: Option<PathBuf>,
+    /// …or from this HTTPS URL; with neither, from the first issuer's OIDC discovery.
+    pub jwks_uri: Option<String>,
+    /// Extra CA certificates (PEM) trusted when fetching keys, besides the system's.
+    pub ca_files: Vec<PathBuf>,
+    /// Tolerated clock difference for `exp` and `nbf`.
+    pub clock_skew_secs: u32,
+    /// Conditions on claims, `"claim=value"`: the claim equals the value, or (an array)
+    /// contains it; e.g. `"amr=mfa"`.
+    pub required_claims: Vec<String>,
+    /// When not empty, the token's `groups` must include one of these.
+    pub allowed_groups: Vec<String>,
+    /// Verify the token again at every renegotiation (the client sends it again), so
+    /// that a token that expired while connected ends the session.
+    pub recheck_on_renegotiation: bool,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            tenant: None,
+            jwks_file: None,
+            jwks_uri: None,
+            ca_files: Vec::new(),
+            clock_skew_secs: 120,
+            required_claims: Vec::new(),
+            allowed_groups: Vec::new(),
+            recheck_on_renegotiation: true,
         }
     }
 }
@@ -355,6 +552,40 @@ impl Problem {
     /// A problem with the `index`-th element of the array at `key`.
     fn element(key: &str, index: usize, message: String) -> Problem {
         Problem { keys: vec![format!("{key}[{index}]"), key.to_string()], message }
+    }
+}
+
+/// `"GROUP=PREFIX"` of `[network] group_pools`.
+pub fn parse_group_pool(entry: &str) -> Option<(String, Ipv4Net)> {
+    let (group, prefix) = entry.rsplit_once('=')?;
+    let group = group.trim();
+    if group.is_empty() {
+        return None;
+    }
+    Some((group.to_string(), prefix.trim().parse().ok()?))
+}
+
+/// `"claim=value"` of `[token] required_claims`.
+pub fn parse_claim_condition(entry: &str) -> Option<(String, String)> {
+    let (claim, value) = entry.split_once('=')?;
+    let (claim, value) = (claim.trim(), value.trim());
+    (!claim.is_empty() && !value.is_empty()).then(|| (claim.to_string(), value.to_string()))
+}
+
+impl Config {
+    /// The extra pools with their groups, in priority order.
+    pub fn group_pools(&self) -> Vec<(String, Ipv4Net)> {
+        self.network.group_pools.iter().filter_map(|e| parse_group_pool(e)).collect()
+    }
+
+    /// Whether clients present a certificate in every admitted combination.
+    pub fn client_certificate_required(&self) -> bool {
+        self.auth.require.iter().all(|r| r.certificate)
+    }
+
+    /// Whether some admitted combination needs a username and password.
+    pub fn password_used(&self) -> bool {
+        self.auth.require.iter().any(AuthRequirement::needs_password)
     }
 }
 

@@ -39,6 +39,7 @@ pub(super) fn effective_toml(config: &Config) -> String {
     out.key("full_tunnel", network.full_tunnel, None);
     out.key("dns_servers", strings(&network.dns_servers), None);
     out.key("dns_search", strings(&network.dns_search), None);
+    out.key("group_pools", strings(&network.group_pools), None);
 
     let pki = &config.pki;
     let pki_dir = config.pki_dir();
@@ -86,6 +87,53 @@ pub(super) fn effective_toml(config: &Config) -> String {
     });
     out.key("workers", dataplane.workers, workers_note.as_deref());
     out.key("tun_name", string(&dataplane.tun_name), None);
+
+    let auth = &config.auth;
+    out.section("auth");
+    out.key("require", strings(&auth.require), Some("any one of these admits a client"));
+
+    let radius = &config.radius;
+    out.section("radius");
+    out.key("servers", strings(&radius.servers), None);
+    let acct_note =
+        radius.accounting_servers.is_empty().then(|| format!("empty: {}", strings(&radius.accounting_addresses())));
+    out.key("accounting_servers", strings(&radius.accounting_servers), acct_note.as_deref());
+    // Secrets are not printed: this output ends up in terminals and tickets.
+    out.comment(&format!("secrets = [...]  ({} set, not shown)", radius.secrets.len()));
+    out.key("timeout_secs", radius.timeout_secs, None);
+    out.key("tries", radius.tries, None);
+    out.key("nas_identifier", string(&radius.nas_identifier), None);
+    out.key("accounting", radius.accounting, None);
+    out.key("interim_interval_secs", radius.interim_interval_secs, None);
+
+    let token = &config.token;
+    out.section("token");
+    out.key("issuers", strings(&token.issuers), None);
+    out.key("audiences", strings(&token.audiences), None);
+    match &token.tenant {
+        Some(t) => out.key("tenant", string(t), None),
+        None => out.unset("tenant", string(&""), "no tid check"),
+    }
+    match &token.jwks_file {
+        Some(file) => out.key("jwks_file", path(file), None),
+        None => out.unset("jwks_file", string(&""), "keys not read from a file"),
+    }
+    match &token.jwks_uri {
+        Some(uri) => out.key("jwks_uri", string(uri), None),
+        None if token.jwks_file.is_some() => out.unset("jwks_uri", string(&""), "keys from jwks_file"),
+        None => {
+            let discovery = token.issuers.first().map_or_else(
+                || "no issuer".to_string(),
+                |i| format!("{}/.well-known/openid-configuration", i.trim_end_matches('/')),
+            );
+            out.unset("jwks_uri", string(&""), &format!("keys from OIDC discovery: {discovery}"));
+        }
+    }
+    out.key("ca_files", paths(&token.ca_files), None);
+    out.key("clock_skew_secs", token.clock_skew_secs, None);
+    out.key("required_claims", strings(&token.required_claims), None);
+    out.key("allowed_groups", strings(&token.allowed_groups), None);
+    out.key("recheck_on_renegotiation", token.recheck_on_renegotiation, None);
     out.text
 }
 

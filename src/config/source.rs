@@ -20,7 +20,7 @@ use crate::crypto::AeadAlgorithm;
 pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("gateway", &["name", "state_dir"]),
     ("listen", &["udp", "tcp"]),
-    ("network", &["pool", "routes", "full_tunnel", "dns_servers", "dns_search"]),
+    ("network", &["pool", "routes", "full_tunnel", "dns_servers", "dns_search", "group_pools"]),
     (
         "pki",
         &["dir", "server_cert", "server_key", "trusted_roots", "crl_files", "revoked_thumbprints", "tls_crypt_key"],
@@ -38,6 +38,35 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("dataplane", &["workers", "tun_name"]),
+    ("auth", &["require"]),
+    (
+        "radius",
+        &[
+            "servers",
+            "accounting_servers",
+            "secrets",
+            "timeout_secs",
+            "tries",
+            "nas_identifier",
+            "accounting",
+            "interim_interval_secs",
+        ],
+    ),
+    (
+        "token",
+        &[
+            "issuers",
+            "audiences",
+            "tenant",
+            "jwks_file",
+            "jwks_uri",
+            "ca_files",
+            "clock_skew_secs",
+            "required_claims",
+            "allowed_groups",
+            "recheck_on_renegotiation",
+        ],
+    ),
 ];
 
 /// Where a configuration came from and where each of its keys was written.
@@ -252,12 +281,20 @@ fn element_error(path: &str, element: &Spanned<DeValue<'_>>) -> Option<String> {
         T::deserialize(ValueDeserializer::from(element.clone())).err().map(|e| e.message().to_string())
     }
     match path {
-        "listen.udp" | "listen.tcp" => check::<SocketAddr>(element),
+        "listen.udp" | "listen.tcp" | "radius.servers" | "radius.accounting_servers" => check::<SocketAddr>(element),
         "network.routes" => check::<Ipv4Net>(element),
         "network.dns_servers" => check::<IpAddr>(element),
-        "network.dns_search" | "pki.revoked_thumbprints" => check::<String>(element),
-        "pki.trusted_roots" | "pki.crl_files" => check::<PathBuf>(element),
+        "network.dns_search"
+        | "network.group_pools"
+        | "pki.revoked_thumbprints"
+        | "radius.secrets"
+        | "token.issuers"
+        | "token.audiences"
+        | "token.required_claims"
+        | "token.allowed_groups" => check::<String>(element),
+        "pki.trusted_roots" | "pki.crl_files" | "token.ca_files" => check::<PathBuf>(element),
         "openvpn.data_ciphers" => check::<AeadAlgorithm>(element),
+        "auth.require" => check::<crate::config::AuthRequirement>(element),
         _ => None,
     }
 }
@@ -269,6 +306,9 @@ fn expected_form(path: &str) -> Option<&'static str> {
         "network.pool" => Some("an IPv4 prefix, e.g. \"10.8.0.0/24\""),
         "network.routes" => Some("a list of IPv4 prefixes, e.g. [\"10.1.0.0/16\"]"),
         "network.dns_servers" => Some("a list of IP addresses, e.g. [\"10.1.0.4\"]"),
+        "radius.servers" | "radius.accounting_servers" => {
+            Some("a list of addresses with ports, e.g. [\"10.1.0.5:1812\"]")
+        }
         _ => None,
     }
 }

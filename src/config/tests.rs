@@ -66,6 +66,9 @@ fn schema_table_matches_serde() {
     config.pki.server_cert = Some("/c".into());
     config.pki.server_key = Some("/k".into());
     config.pki.tls_crypt_key = Some("/t".into());
+    config.token.tenant = Some("t".into());
+    config.token.jwks_file = Some("/j".into());
+    config.token.jwks_uri = Some("https://j".into());
     let serialized: toml::Table = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
     let serde_keys: BTreeSet<String> = serialized
         .iter()
@@ -99,10 +102,14 @@ fn defaults_round_trip_through_the_effective_toml() {
 #[test]
 fn example_sets_every_key_and_round_trips() {
     let config = Config::from_toml_str(EXAMPLE, Path::new("example.toml")).unwrap_or_else(|e| panic!("{e}"));
+    // Keys that exclude one another: the example sets the other one.
+    let exclusive = ["token.jwks_file"];
     for (section, keys) in SCHEMA {
         for key in *keys {
             let path = format!("{section}.{key}");
-            assert!(config.provenance().location(&path).is_some(), "example.toml does not set {path}");
+            if !exclusive.contains(&path.as_str()) {
+                assert!(config.provenance().location(&path).is_some(), "example.toml does not set {path}");
+            }
         }
     }
     assert_eq!(config.gateway.name.as_deref(), Some("vpn.example.com"));
@@ -113,7 +120,12 @@ fn example_sets_every_key_and_round_trips() {
     assert_ne!(config, Config::default());
 
     let text = config.to_toml_string();
-    let reparsed = Config::from_toml_str(&text, Path::new("effective.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(!text.contains("example-secret"), "RADIUS secrets are not printed");
+    // The printed config is the input minus its secrets (which would fail validation),
+    // so compare with the secrets put back.
+    let with_secrets = text.replace("[radius]\n", "[radius]\nsecrets = [\"example-secret\"]\n");
+    let reparsed =
+        Config::from_toml_str(&with_secrets, Path::new("effective.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(reparsed, config);
 }
 
@@ -616,4 +628,107 @@ fn check_files_refuses_a_directory_and_points_at_the_root_entry() {
 fn readme_shows_the_tested_example() {
     let readme = include_str!("../../README.md");
     assert!(readme.contains(EXAMPLE.trim_end()), "README.md's example config differs from src/config/example.toml");
+}
+
+// ---- authentication ----
+
+#[test]
+fn auth_require_names_known_methods_and_sane_combinations() {
+    let c = accepted(&[
+        "[auth]",
+        "require = [\"certificate+radius\", \"token\"]",
+        "[radius]",
+        "servers = [\"10.0.0.5:1812\"]",
+        "secrets = [\"s\"]",
+        "[token]",
+        "issuers = [\"https://idp.example/\"]",
+        "audiences = [\"api://vpn\"]",
+    ]);
+    assert!(!c.client_certificate_required(), "the token alternative needs no certificate");
+    assert!(c.password_used());
+    assert_eq!(Config::default().auth.require, vec![AuthRequirement::CERTIFICATE]);
+    assert!(Config::default().client_certificate_required());
+    assert_refused(
+        &["[auth]", "require = [\"certificate\", \"kerberos\"]"],
+        2,
+        "unknown authentication method \"kerberos\"",
+    );
+    assert_refused(&["[auth]", "require = []"], 2, "auth.require is empty");
+    assert_refused(
+        &[
+            "[auth]",
+            "require = [\"radius+token\"]",
+            "[radius]",
+            "servers = [\"10.0.0.5:1812\"]",
+            "secrets = [\"s\"]",
+            "[token]",
+            "issuers = [\"https://idp.example/\"]",
+            "audiences = [\"api://vpn\"]",
+        ],
+        2,
+        "list them as alternatives",
+    );
+}
+
+#[test]
+fn radius_needs_servers_and_matching_secrets() {
+    assert_refused(&["[auth]", "require = [\"radius\"]"], 2, "radius.servers is empty");
+    assert_refused(
+        &["[auth]", "require = [\"radius\"]", "[radius]", "servers = [\"10.0.0.5:1812\"]"],
+        3,
+        "radius.secrets is empty",
+    );
+    assert_refused(
+        &[
+            "[radius]",
+            "servers = [\"10.0.0.5:1812\", \"10.0.0.6:1812\", \"10.0.0.7:1812\"]",
+            "secrets = [\"a\", \"b\"]",
+        ],
+        3,
+        "2 entries for 3 servers",
+    );
+    assert_refused(&["[radius]", "servers = [\"10.0.0.5\"]"], 2, "radius.servers");
+    assert_refused(&["[radius]", "timeout_secs = 0"], 2, "radius.timeout_secs must be between 1 and 120");
+    let c = accepted(&["[radius]", "servers = [\"10.0.0.5:1812\", \"10.0.0.6:11812\"]", "secrets = [\"a\", \"b\"]"]);
+    assert_eq!(c.radius.secret_for(1), "b");
+    assert_eq!(
+        c.radius.accounting_addresses(),
+        vec!["10.0.0.5:1813".parse().unwrap(), "10.0.0.6:1813".parse().unwrap()]
+    );
+    assert!(format!("{:?}", c.radius).contains("<2 hidden>"), "secrets stay out of debug output");
+}
+
+#[test]
+fn token_settings_are_checked() {
+    assert_refused(&["[auth]", "require = [\"token\"]"], 2, "token.issuers is empty");
+    assert_refused(
+        &["[auth]", "require = [\"token\"]", "[token]", "issuers = [\"http://idp.example/\"]", "audiences = [\"a\"]"],
+        4,
+        "must be https://",
+    );
+    assert_refused(&["[token]", "jwks_uri = \"http://idp.example/keys\""], 2, "must be an https:// URL");
+    assert_refused(&["[token]", "required_claims = [\"amr\"]"], 2, "not \"claim=value\"");
+    assert_refused(&["[token]", "jwks_file = \"/k\"", "jwks_uri = \"https://idp/keys\""], 3, "not both");
+    assert_eq!(parse_claim_condition(" amr = mfa "), Some(("amr".into(), "mfa".into())));
+}
+
+#[test]
+fn group_pools_are_parsed_and_may_not_overlap() {
+    let c = accepted(&["[network]", "group_pools = [\"eng=172.16.202.0/24\", \"a=b=172.16.203.0/29\"]"]);
+    assert_eq!(
+        c.group_pools(),
+        vec![("eng".into(), "172.16.202.0/24".parse().unwrap()), ("a=b".into(), "172.16.203.0/29".parse().unwrap())]
+    );
+    assert_refused(&["[network]", "group_pools = [\"eng\"]"], 2, "not \"GROUP=PREFIX\"");
+    assert_refused(
+        &["[network]", "group_pools = [", "  \"eng=172.16.201.128/25\",", "]"],
+        3,
+        "overlaps the pool 172.16.201.0/24",
+    );
+    assert_refused(&["[network]", "group_pools = [\"eng=172.16.202.0/30\"]"], 2, "between /8 and /29");
+    assert_refused(
+        &["[network]", "routes = [\"10.0.0.0/8\"]", "group_pools = [\"eng=10.9.0.0/24\"]"],
+        3,
+        "overlaps the pushed route 10.0.0.0/8",
+    );
 }

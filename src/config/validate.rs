@@ -32,7 +32,197 @@ pub(super) fn violations(config: &Config) -> Vec<Problem> {
     check_pki(config, &mut problems);
     check_openvpn(config, &mut problems);
     check_dataplane(config, &mut problems);
+    check_auth(config, &mut problems);
     problems
+}
+
+const RADIUS_TIMEOUT_SECS: std::ops::RangeInclusive<u32> = 1..=120;
+const RADIUS_TRIES: std::ops::RangeInclusive<u32> = 1..=10;
+const MIN_INTERIM_SECS: u32 = 60;
+const MAX_CLOCK_SKEW_SECS: u32 = 600;
+
+fn check_auth(config: &Config, problems: &mut Vec<Problem>) {
+    let auth = &config.auth;
+    if auth.require.is_empty() {
+        problems.push(Problem::new(
+            &["auth.require"],
+            "auth.require is empty: list at least one way in, e.g. [\"certificate\"]".to_string(),
+        ));
+    }
+    for (i, r) in auth.require.iter().enumerate() {
+        if r.radius && r.token {
+            problems.push(Problem::element(
+                "auth.require",
+                i,
+                format!(
+                    "{r}: RADIUS and a token both need the client's password; \
+                     list them as alternatives instead: [\"radius\", \"token\"]"
+                ),
+            ));
+        }
+    }
+    for i in duplicate_indices(&auth.require) {
+        problems.push(Problem::element("auth.require", i, format!("auth.require lists {} twice", auth.require[i])));
+    }
+    let radius = &config.radius;
+    if auth.uses(|r| r.radius) {
+        if radius.servers.is_empty() {
+            problems.push(Problem::new(
+                &["radius.servers", "radius", "auth.require"],
+                "auth.require uses radius but radius.servers is empty".to_string(),
+            ));
+        }
+        if radius.secrets.is_empty() {
+            problems.push(Problem::new(
+                &["radius.secrets", "radius", "auth.require"],
+                "auth.require uses radius but radius.secrets is empty".to_string(),
+            ));
+        }
+    }
+    if radius.secrets.len() > 1 && radius.secrets.len() != radius.servers.len() {
+        problems.push(Problem::new(
+            &["radius.secrets"],
+            format!(
+                "radius.secrets has {} entries for {} servers: give one secret for all, or one per server",
+                radius.secrets.len(),
+                radius.servers.len()
+            ),
+        ));
+    }
+    for (i, secret) in radius.secrets.iter().enumerate() {
+        if secret.is_empty() {
+            problems.push(Problem::element("radius.secrets", i, "radius.secrets has an empty secret".to_string()));
+        }
+    }
+    for (key, addresses) in
+        [("radius.servers", &radius.servers), ("radius.accounting_servers", &radius.accounting_servers)]
+    {
+        for i in duplicate_indices(addresses) {
+            problems.push(Problem::element(key, i, format!("{key} lists {} twice", addresses[i])));
+        }
+        for (i, a) in addresses.iter().enumerate() {
+            if a.port() == 0 {
+                problems.push(Problem::element(key, i, format!("{key} address {a} has port 0")));
+            }
+        }
+    }
+    if !RADIUS_TIMEOUT_SECS.contains(&radius.timeout_secs) {
+        problems.push(Problem::new(
+            &["radius.timeout_secs"],
+            format!(
+                "radius.timeout_secs must be between {} and {}",
+                RADIUS_TIMEOUT_SECS.start(),
+                RADIUS_TIMEOUT_SECS.end()
+            ),
+        ));
+    }
+    if !RADIUS_TRIES.contains(&radius.tries) {
+        problems.push(Problem::new(
+            &["radius.tries"],
+            format!("radius.tries must be between {} and {}", RADIUS_TRIES.start(), RADIUS_TRIES.end()),
+        ));
+    }
+    if radius.nas_identifier.is_empty() {
+        problems.push(Problem::new(&["radius.nas_identifier"], "radius.nas_identifier is empty".to_string()));
+    }
+    if radius.interim_interval_secs < MIN_INTERIM_SECS {
+        problems.push(Problem::new(
+            &["radius.interim_interval_secs"],
+            format!("radius.interim_interval_secs must be at least {MIN_INTERIM_SECS}"),
+        ));
+    }
+
+    let token = &config.token;
+    if auth.uses(|r| r.token) {
+        if token.issuers.is_empty() {
+            problems.push(Problem::new(
+                &["token.issuers", "token", "auth.require"],
+                "auth.require uses token but token.issuers is empty".to_string(),
+            ));
+        }
+        if token.audiences.is_empty() {
+            problems.push(Problem::new(
+                &["token.audiences", "token", "auth.require"],
+                "auth.require uses token but token.audiences is empty".to_string(),
+            ));
+        }
+        if token.jwks_file.is_none() && token.jwks_uri.is_none() {
+            if let Some(first) = token.issuers.first().filter(|i| !i.starts_with("https://")) {
+                problems.push(Problem::element(
+                    "token.issuers",
+                    0,
+                    format!(
+                        "signing keys come from OIDC discovery at the first issuer, which must be https:// \
+                         (got {first:?}); or set token.jwks_file or token.jwks_uri"
+                    ),
+                ));
+            }
+        }
+    }
+    if token.jwks_file.is_some() && token.jwks_uri.is_some() {
+        problems.push(Problem::new(
+            &["token.jwks_uri", "token.jwks_file"],
+            "set token.jwks_file or token.jwks_uri, not both".to_string(),
+        ));
+    }
+    if let Some(uri) = token.jwks_uri.as_ref().filter(|u| !u.starts_with("https://")) {
+        problems.push(Problem::new(&["token.jwks_uri"], format!("token.jwks_uri {uri:?} must be an https:// URL")));
+    }
+    for (i, condition) in token.required_claims.iter().enumerate() {
+        if super::parse_claim_condition(condition).is_none() {
+            problems.push(Problem::element(
+                "token.required_claims",
+                i,
+                format!("token.required_claims entry {condition:?} is not \"claim=value\" (e.g. \"amr=mfa\")"),
+            ));
+        }
+    }
+    if token.clock_skew_secs > MAX_CLOCK_SKEW_SECS {
+        problems.push(Problem::new(
+            &["token.clock_skew_secs"],
+            format!("token.clock_skew_secs must be at most {MAX_CLOCK_SKEW_SECS}"),
+        ));
+    }
+
+    let network = &config.network;
+    let mut taken: Vec<Ipv4Net> = vec![network.pool];
+    for (i, entry) in network.group_pools.iter().enumerate() {
+        let Some((group, prefix)) = super::parse_group_pool(entry) else {
+            problems.push(Problem::element(
+                "network.group_pools",
+                i,
+                format!(
+                    "network.group_pools entry {entry:?} is not \"GROUP=PREFIX\" (e.g. \"engineering=172.16.202.0/24\")"
+                ),
+            ));
+            continue;
+        };
+        if !(SHORTEST_POOL_PREFIX..=LONGEST_POOL_PREFIX).contains(&prefix.prefix_len()) {
+            problems.push(Problem::element(
+                "network.group_pools",
+                i,
+                format!("pool {prefix} of group {group:?} must be between /{SHORTEST_POOL_PREFIX} and /{LONGEST_POOL_PREFIX}"),
+            ));
+        }
+        if let Some(message) = host_bits_message("pool", prefix) {
+            problems.push(Problem::element("network.group_pools", i, message));
+        }
+        if let Some(other) = taken.iter().find(|t| overlaps(**t, prefix)) {
+            problems.push(Problem::element(
+                "network.group_pools",
+                i,
+                format!("pool {prefix} of group {group:?} overlaps the pool {other}"),
+            ));
+        }
+        if let Some(route) = network.routes.iter().find(|r| overlaps(**r, prefix)) {
+            problems.push(Problem::element(
+                "network.group_pools",
+                i,
+                format!("pool {prefix} of group {group:?} overlaps the pushed route {route}"),
+            ));
+        }
+        taken.push(prefix);
+    }
 }
 
 fn check_gateway(config: &Config, problems: &mut Vec<Problem>) {

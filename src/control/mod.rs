@@ -108,7 +108,7 @@ impl ControlPlane {
                 let decision = self.authenticate(handle, peer, transport, &request);
                 self.shared.inboxes[handle.worker].send(WorkerCommand::AuthResult { handle, decision });
             }
-            ControlEvent::Closed { handle, peer, peer_id, address, reason } => {
+            ControlEvent::Closed { handle, peer, peer_id, address, reason, .. } => {
                 self.closed(handle, peer, peer_id, address, reason)
             }
         }
@@ -121,6 +121,14 @@ impl ControlPlane {
         transport: &'static str,
         request: &AuthRequest,
     ) -> AuthDecision {
+        if request.renegotiation {
+            return match self.sessions.iter().find(|(_, rec)| rec.handle == handle) {
+                Some((&peer_id, rec)) => {
+                    AuthDecision::Accept(AuthGrant { push: self.push_config(rec.address), peer_id })
+                }
+                None => AuthDecision::Reject { reason: "session unknown to the gateway".into() },
+            };
+        }
         let reject = |reason: &str| {
             warn!(%peer, transport, reason, "authentication refused");
             AuthDecision::Reject { reason: reason.to_string() }

@@ -48,12 +48,13 @@ pub enum ControlEvent {
     /// A client finished its handshake: decide, and answer with
     /// [`WorkerCommand::AuthResult`].
     Authenticate { handle: LocalHandle, peer: SocketAddr, transport: &'static str, request: Box<AuthRequest> },
-    /// A session ended. `peer_id`/`address` are set when it held a grant.
+    /// A session ended. `peer_id`/`address`/`traffic` are set when it held a grant.
     Closed {
         handle: LocalHandle,
         peer: SocketAddr,
         peer_id: Option<u32>,
         address: Option<Ipv4Addr>,
+        traffic: Option<table::Traffic>,
         reason: CloseReason,
     },
 }

@@ -54,7 +54,25 @@ pub struct SessionStats {
     pub last_tx: AtomicU64,
 }
 
+/// A snapshot of a session's counters ("received" is from the client).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
 impl SessionStats {
+    pub fn snapshot(&self) -> Traffic {
+        Traffic {
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn received(&self, bytes: usize, now_secs: u64) {
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.rx_packets.fetch_add(1, Ordering::Relaxed);

@@ -721,19 +721,25 @@ impl Worker {
             }
             Link::Tcp { conn } => self.close_conn(conn),
         }
-        let (peer_id, address) = match &local.shared {
+        let (peer_id, address, traffic) = match &local.shared {
             Some(s) => {
                 self.shared.table.remove(s);
                 if self.by_peer.get(&s.peer_id) == Some(&slot) {
                     self.by_peer.remove(&s.peer_id);
                 }
-                (Some(s.peer_id), Some(s.address))
+                (Some(s.peer_id), Some(s.address), Some(s.stats.snapshot()))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let handle = LocalHandle { worker: self.index, slot, generation: local.generation };
-        let _ =
-            self.shared.to_control.send(ControlEvent::Closed { handle, peer: local.peer, peer_id, address, reason });
+        let _ = self.shared.to_control.send(ControlEvent::Closed {
+            handle,
+            peer: local.peer,
+            peer_id,
+            address,
+            traffic,
+            reason,
+        });
     }
 
     // ---- mailbox ---------------------------------------------------------------------
@@ -775,6 +781,7 @@ impl Worker {
                 let _ = self.shared.to_control.send(ControlEvent::Closed {
                     handle,
                     peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    traffic: None,
                     peer_id: Some(grant.peer_id),
                     address: Some(grant.push.address),
                     reason: CloseReason::Local("closed before authentication finished".into()),
@@ -784,7 +791,8 @@ impl Worker {
         }
         let conns = &self.conns;
         let Some(local) = self.sessions.get_mut(handle.slot as usize).and_then(Option::as_mut) else { return };
-        if let AuthDecision::Accept(grant) = &decision {
+        // A renegotiation's decision finds the session already published.
+        if let (AuthDecision::Accept(grant), None) = (&decision, &local.shared) {
             let transport = match local.link {
                 Link::Udp { listener, peer, local } => Transport::Udp { listener, peer, local },
                 Link::Tcp { conn } => {

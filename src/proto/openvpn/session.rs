@@ -71,6 +71,8 @@ pub struct AuthRequest {
     /// The client's certificate (verified by TLS against the trusted roots).
     pub client_cert: Option<CertificateDer<'static>>,
     pub cipher: AeadAlgorithm,
+    /// A renegotiation of an accepted session (the grant of the first decision stands).
+    pub renegotiation: bool,
 }
 
 #[derive(Debug)]
@@ -451,30 +453,37 @@ impl ServerSession {
                 return;
             }
         }
-        if first {
-            ks.phase = Phase::AwaitingAuth;
-            let client = self.client.as_ref().expect("set above");
-            self.events.push_back(Event::Authenticate(AuthRequest {
-                username: km2.username,
-                password: km2.password,
-                peer_info: client.peer_info.clone(),
-                peer_info_text: km2.peer_info,
-                client_cert: client.cert.clone(),
-                cipher,
-            }));
-        } else {
-            ks.phase = Phase::Established;
-            self.install_ready_keys();
-        }
+        // Every key, the first and each renegotiated one, waits for a decision: the
+        // client sends its credentials again, and a token may have expired meanwhile.
+        ks.phase = Phase::AwaitingAuth;
+        let client = self.client.as_ref().expect("set above");
+        self.events.push_back(Event::Authenticate(AuthRequest {
+            username: km2.username,
+            password: km2.password,
+            peer_info: client.peer_info.clone(),
+            peer_info_text: km2.peer_info,
+            client_cert: client.cert.clone(),
+            cipher,
+            renegotiation: !first,
+        }));
     }
 
     /// The driver's answer to [`Event::Authenticate`].
     pub fn auth_decision(&mut self, now: Instant, decision: AuthDecision) {
-        if self.closed || !matches!(self.auth, Auth::Pending) {
+        if self.closed || self.closing.is_some() || matches!(self.auth, Auth::Rejected) {
             return;
         }
         match decision {
             AuthDecision::Reject { reason } => self.reject(now, reason),
+            AuthDecision::Accept(_) if matches!(self.auth, Auth::Accepted { .. }) => {
+                // A renegotiated key passed: it may now carry data.
+                for ks in &mut self.keys {
+                    if ks.phase == Phase::AwaitingAuth {
+                        ks.phase = Phase::Established;
+                    }
+                }
+                self.install_ready_keys();
+            }
             AuthDecision::Accept(grant) => {
                 let Some(client) = &self.client else { return };
                 let negotiated = Negotiated {

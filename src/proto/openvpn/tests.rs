@@ -478,3 +478,22 @@ fn another_clients_packets_neither_reach_nor_disturb_a_session() {
     assert!(run.run_until(Duration::from_secs(5), |r| r.server.closed.is_some()));
     assert_eq!(run.server.closed, Some(CloseReason::ClientExit));
 }
+
+#[test]
+fn a_renegotiation_refused_by_the_auth_decision_ends_the_session() {
+    let ca = TestCa::new("ca");
+    let mut s = setup(&ca, &ca, PEER_INFO_26, true);
+    Arc::get_mut(&mut s.server_settings).unwrap().reneg_interval = Some(Duration::from_secs(10));
+    let mut run = handshake(s, Net::new(12, 0, 0));
+    let first = run.server.authenticated.take().expect("first decision asked");
+    assert!(!first.renegotiation);
+    run.server.decision = Some(AuthDecision::Reject { reason: "token expired 3 minutes ago".into() });
+    assert!(run.run_until(Duration::from_secs(30), |r| r.server.closed.is_some()));
+    assert!(run.server.authenticated.as_ref().is_some_and(|r| r.renegotiation), "the renegotiation asked again");
+    assert_eq!(run.server.closed, Some(CloseReason::AuthFailed("token expired 3 minutes ago".into())));
+    assert!(
+        run.client_events.iter().any(|e| matches!(e, ClientEvent::AuthFailed(r) if r == "token expired 3 minutes ago")),
+        "{:?}",
+        run.client_events
+    );
+}
