@@ -3,3 +3,4 @@
 //! or a clock.
 
 pub mod openvpn;
+pub mod radius;

@@ -12,13 +12,24 @@
 
 mod gateway;
 mod netns;
+mod oidc;
 mod process;
+mod radius;
 mod tools;
 mod topology;
 
 pub use gateway::{GATEWAY_NAME, Gateway, GatewayOptions, P2SGW, p2sgw, path, pushed_address};
 pub use netns::{Netns, TestDir, harness_prefix_for, sweep_leftovers};
+pub use oidc::{
+    DISCOVERY_PATH, Issuer, JWKS_PATH, JwsAlg, OIDC_CERT_DNS_NAME, OIDC_DEFAULT_PORT, OidcOptions, OidcServer,
+    decode_segment, encode_segment, standard_claims, unix_now,
+};
 pub use process::{Proc, run_with_timeout};
+pub use radius::{
+    AccountingRecord, DEFAULT_RADIUS_SECRET, FreeRadius, MFA_PROMPT, MFA_UNKNOWN_STATE, MFA_WRONG_CODE,
+    MS_AZURE_POLICY_ID_TYPE, MS_VENDOR_ID, RADIUS_ACCT_PORT, RADIUS_AUTH_PORT, RadclientCommand, RadiusClient,
+    RadiusOptions, RadiusReply, RadiusUser, parse_detail, parse_hex_octets, parse_radclient_output,
+};
 pub use tools::{
     IPERF3_PORT, IperfResult, OPENVPN_CONNECTED_MARKER, OpenVpnClient, PingResult, iperf3_client, iperf3_client_port,
     iperf3_client_with, iperf3_server, iperf3_server_port, parse_iperf3_json, parse_ping_summary, ping, tun_counters,
