@@ -132,10 +132,12 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
         );
     }
 
-    let control = ControlPlane::new(config, shared, identity, trust);
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the control plane")?;
-    let result = runtime.block_on(control.run(events));
+    let result = runtime.block_on(async {
+        let control = ControlPlane::new(config, shared, identity, trust).await?;
+        control.run(events).await
+    });
     dataplane.shutdown();
     result
 }

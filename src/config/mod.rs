@@ -269,6 +269,10 @@ pub struct RadiusConfig {
     pub accounting: bool,
     /// Interim-Update period when the server does not set Acct-Interim-Interval.
     pub interim_interval_secs: u32,
+    /// Refuse replies without a Message-Authenticator (the BlastRADIUS defence). Servers
+    /// without that fix (FreeRADIUS before 3.2.5) must add it to replies, or this must
+    /// be turned off.
+    pub require_message_authenticator: bool,
 }
 
 impl fmt::Debug for RadiusConfig {
@@ -294,6 +298,7 @@ impl Default for RadiusConfig {
             nas_identifier: "p2sgw".to_string(),
             accounting: true,
             interim_interval_secs: 300,
+            require_message_authenticator: true,
         }
     }
 }

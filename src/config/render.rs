@@ -105,6 +105,7 @@ pub(super) fn effective_toml(config: &Config) -> String {
     out.key("nas_identifier", string(&radius.nas_identifier), None);
     out.key("accounting", radius.accounting, None);
     out.key("interim_interval_secs", radius.interim_interval_secs, None);
+    out.key("require_message_authenticator", radius.require_message_authenticator, None);
 
     let token = &config.token;
     out.section("token");

@@ -50,6 +50,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
             "nas_identifier",
             "accounting",
             "interim_interval_secs",
+            "require_message_authenticator",
         ],
     ),
     (

@@ -1,43 +1,116 @@
-//! The control plane: everything off the packet path. It decides authentication,
-//! hands out tunnel addresses and peer-ids, keeps the session registry, and watches
-//! the trust material (roots, CRLs, revoked thumbprints) so that a revocation takes
-//! effect at once, cutting live sessions of a revoked certificate within a second.
+//! The control plane: everything off the packet path. It decides authentication
+//! (certificates, RADIUS with MFA challenges and accounting, OIDC tokens), hands out
+//! tunnel addresses and peer-ids, keeps the session registry, and watches the trust
+//! material (roots, CRLs, revoked thumbprints) so that a revocation takes effect at
+//! once, cutting live sessions of a revoked certificate within a second.
 //!
 //! It runs on a tokio runtime apart from the workers and talks to them only by
-//! message, so nothing here can stall a packet.
+//! message, so nothing here can stall a packet. Checks that wait (RADIUS, fetching a
+//! token issuer's keys) run as tasks; their outcomes come back to the loop, which
+//! alone owns the pools and the registry.
 
+pub mod auth;
+pub mod pools;
+pub mod radius;
 pub mod tls;
+pub mod token;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::dataplane::counters::{DropReason, WorkerCounters, total_drops};
+use crate::dataplane::table::Traffic;
 use crate::dataplane::{ControlEvent, LocalHandle, Settings, Shared, WorkerCommand};
 use crate::pki::{ClientIdentity, ServerIdentity, SourceStamp, Thumbprint, TrustStore, client_identity};
-use crate::pool::AddressPool;
 use crate::proto::openvpn::push::PushConfig;
 use crate::proto::openvpn::session::{AuthDecision, AuthGrant, AuthRequest, CloseReason};
+use crate::proto::radius::{
+    AccessReply, AccessRequest, AccountingRequest, AcctStatusType, SessionUsage, TerminateCause, azure_policy_id_text,
+};
+use auth::{Check, Password, Refusal, choose, dynamic_challenge};
+use pools::Pools;
+use radius::RadiusService;
+use token::TokenService;
 
-/// How often the trust sources are checked for changes.
-const TRUST_POLL: Duration = Duration::from_secs(1);
+/// How often the trust sources are checked, and accounting and time limits served.
+const TICK: Duration = Duration::from_secs(1);
+/// How long an MFA challenge waits for its answer.
+const CHALLENGE_LIFETIME: Duration = Duration::from_secs(180);
+
+/// The result of the checks for one client.
+struct Admission {
+    /// For logs and accounting: the certificate's name, the RADIUS user or the token's user.
+    user: String,
+    method: &'static str,
+    groups: Vec<String>,
+    framed_ip: Option<Ipv4Addr>,
+    session_timeout: Option<Duration>,
+    classes: Vec<Vec<u8>>,
+    interim: Option<Duration>,
+    /// `sub` of the token a session was admitted with, which later tokens must match.
+    token_subject: Option<String>,
+}
+
+enum Verdict {
+    Admit(Admission),
+    Refuse(Refusal),
+    /// An MFA challenge from RADIUS: relayed to the client as a dynamic challenge.
+    Challenge {
+        state: Vec<u8>,
+        prompt: String,
+        user: String,
+    },
+    /// A renegotiation passed.
+    Renewed,
+}
+
+/// A client being authenticated, and the verdict once known.
+struct Outcome {
+    handle: LocalHandle,
+    peer: SocketAddr,
+    transport: &'static str,
+    certificate: Option<(Vec<u8>, ClientIdentity)>,
+    request: Box<AuthRequest>,
+    verdict: Verdict,
+}
+
+struct PendingChallenge {
+    state: Vec<u8>,
+    user: String,
+    expires: Instant,
+}
+
+struct Accounting {
+    session_id: String,
+    classes: Vec<Vec<u8>>,
+    interval: Duration,
+    next_interim: Instant,
+}
 
 /// One connected client, as the control plane knows it.
 struct SessionRecord {
     handle: LocalHandle,
     peer: SocketAddr,
     transport: &'static str,
-    identity: ClientIdentity,
-    cert: Vec<u8>,
+    user: String,
+    method: &'static str,
+    thumbprint: Option<Thumbprint>,
+    certificate: Option<Vec<u8>>,
     address: Ipv4Addr,
     since: SystemTime,
+    started: Instant,
+    token_subject: Option<String>,
+    accounting: Option<Accounting>,
+    /// RADIUS Session-Timeout.
+    expires: Option<Instant>,
 }
 
 pub struct ControlPlane {
@@ -46,7 +119,7 @@ pub struct ControlPlane {
     server_identity: ServerIdentity,
     trust: TrustStore,
     trust_stamp: SourceStamp,
-    pool: AddressPool,
+    pools: Pools,
     free_peer_ids: Vec<u32>,
     sessions: HashMap<u32, SessionRecord>,
     by_thumbprint: HashMap<Thumbprint, u32>,
@@ -56,16 +129,33 @@ pub struct ControlPlane {
     address_owner: HashMap<Ipv4Addr, u32>,
     /// The address each certificate last had, offered again when free.
     last_address: HashMap<Thumbprint, Ipv4Addr>,
+    radius: Option<RadiusService>,
+    tokens: Option<Arc<TokenService>>,
+    challenges: HashMap<String, PendingChallenge>,
+    outcomes: UnboundedSender<Outcome>,
+    outcomes_rx: Option<UnboundedReceiver<Outcome>>,
+    /// Refusals by kind, for the statistics.
+    refusals: BTreeMap<&'static str, u64>,
 }
 
 impl ControlPlane {
-    pub fn new(config: Config, shared: Arc<Shared>, server_identity: ServerIdentity, trust: TrustStore) -> Self {
-        let pool = AddressPool::new(config.network.pool);
+    /// Builds the control plane; with RADIUS configured, call from within the tokio
+    /// runtime (the RADIUS client binds its socket).
+    pub async fn new(
+        config: Config,
+        shared: Arc<Shared>,
+        server_identity: ServerIdentity,
+        trust: TrustStore,
+    ) -> anyhow::Result<Self> {
+        let radius =
+            if config.radius.servers.is_empty() { None } else { Some(RadiusService::start(&config.radius).await?) };
+        let tokens = if config.auth.uses(|r| r.token) { Some(TokenService::new(&config.token)?) } else { None };
         let capacity = shared.table.capacity() as u32;
-        ControlPlane {
+        let (outcomes, outcomes_rx) = unbounded_channel();
+        Ok(ControlPlane {
             trust_stamp: TrustStore::stamp(&config),
             free_peer_ids: (0..capacity).rev().collect(),
-            pool,
+            pools: Pools::new(config.network.pool, &config.group_pools()),
             config,
             shared,
             server_identity,
@@ -75,7 +165,13 @@ impl ControlPlane {
             closing: HashSet::new(),
             address_owner: HashMap::new(),
             last_address: HashMap::new(),
-        }
+            radius,
+            tokens,
+            challenges: HashMap::new(),
+            outcomes,
+            outcomes_rx: Some(outcomes_rx),
+            refusals: BTreeMap::new(),
+        })
     }
 
     /// Runs until SIGINT or SIGTERM.
@@ -85,12 +181,23 @@ impl ControlPlane {
         let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         let mut sighup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let mut sigusr2 = signal(SignalKind::user_defined2()).context("cannot watch SIGUSR2")?;
-        let mut poll = tokio::time::interval(TRUST_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outcomes = self.outcomes_rx.take().context("the control plane runs once")?;
+        if let Some(tokens) = self.tokens.clone() {
+            // Load the issuer's keys now and refresh them on schedule.
+            tokio::spawn(async move {
+                loop {
+                    tokens.refresh_if_due().await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
         loop {
             tokio::select! {
                 Some(event) = events.recv() => self.on_event(event),
-                _ = poll.tick() => self.check_trust(false),
+                Some(outcome) = outcomes.recv() => self.finish(outcome),
+                _ = tick.tick() => self.on_tick(),
                 _ = sighup.recv() => {
                     info!("SIGHUP: reloading trusted roots, CRLs and revocations");
                     self.check_trust(true);
@@ -105,74 +212,308 @@ impl ControlPlane {
     fn on_event(&mut self, event: ControlEvent) {
         match event {
             ControlEvent::Authenticate { handle, peer, transport, request } => {
-                let decision = self.authenticate(handle, peer, transport, &request);
-                self.shared.inboxes[handle.worker].send(WorkerCommand::AuthResult { handle, decision });
+                self.authenticate(handle, peer, transport, request)
             }
-            ControlEvent::Closed { handle, peer, peer_id, address, reason, .. } => {
-                self.closed(handle, peer, peer_id, address, reason)
+            ControlEvent::Closed { handle, peer, peer_id, address, traffic, reason } => {
+                self.closed(handle, peer, peer_id, address, traffic, reason)
             }
         }
     }
+
+    fn on_tick(&mut self) {
+        self.check_trust(false);
+        let now = Instant::now();
+        self.challenges.retain(|_, c| c.expires > now);
+        let expired: Vec<u32> = self
+            .sessions
+            .iter()
+            .filter(|(id, r)| r.expires.is_some_and(|t| t <= now) && !self.closing.contains(id))
+            .map(|(&id, _)| id)
+            .collect();
+        for peer_id in expired {
+            let Some(rec) = self.sessions.get(&peer_id) else { continue };
+            info!(user = %rec.user, peer = %rec.peer, "session time limit reached");
+            self.closing.insert(peer_id);
+            self.shared.inboxes[rec.handle.worker].send(WorkerCommand::Close {
+                peer_id,
+                reason: "session time limit reached".into(),
+                notice: Some("RESTART".into()),
+            });
+        }
+        self.send_interim_updates(now);
+    }
+
+    // ---- authentication -------------------------------------------------------------
 
     fn authenticate(
         &mut self,
         handle: LocalHandle,
         peer: SocketAddr,
         transport: &'static str,
-        request: &AuthRequest,
-    ) -> AuthDecision {
-        if request.renegotiation {
-            return match self.sessions.iter().find(|(_, rec)| rec.handle == handle) {
+        request: Box<AuthRequest>,
+    ) {
+        let mut outcome = Outcome { handle, peer, transport, certificate: None, request, verdict: Verdict::Renewed };
+        if outcome.request.renegotiation {
+            return self.renegotiate(outcome);
+        }
+        if let Some(cert) = &outcome.request.client_cert {
+            let Ok(identity) = client_identity(cert) else {
+                outcome.verdict =
+                    Verdict::Refuse(Refusal::new("bad_certificate", "the client certificate cannot be read"));
+                return self.finish(outcome);
+            };
+            if let Some(why) = self.trust.is_revoked(cert) {
+                warn!(%peer, user = %identity.common_name, thumbprint = %identity.thumbprint, %why, "revoked certificate refused");
+                outcome.verdict = Verdict::Refuse(Refusal::new("revoked", "certificate revoked"));
+                return self.finish(outcome);
+            }
+            outcome.certificate = Some((cert.to_vec(), identity));
+        }
+        let password = Password::classify(&outcome.request.password);
+        let check = match choose(&self.config.auth.require, outcome.certificate.is_some(), &password) {
+            Ok(check) => check,
+            Err(refusal) => {
+                outcome.verdict = Verdict::Refuse(refusal);
+                return self.finish(outcome);
+            }
+        };
+        match (check, password) {
+            (Check::CertificateOnly, _) => {
+                let user = outcome.certificate.as_ref().map_or_else(String::new, |(_, id)| id.common_name.clone());
+                outcome.verdict = Verdict::Admit(Admission::plain(user, "certificate"));
+                self.finish(outcome);
+            }
+            (Check::Radius, Password::ChallengeResponse { state_id, response }) => {
+                match self.challenges.remove(&state_id).filter(|c| c.expires > Instant::now()) {
+                    Some(challenge) => self.ask_radius(outcome, challenge.user, response, Some(challenge.state)),
+                    None => {
+                        outcome.verdict = Verdict::Refuse(Refusal::new(
+                            "mfa_expired",
+                            "the one-time code request expired or was already used; connect again",
+                        ));
+                        self.finish(outcome);
+                    }
+                }
+            }
+            (Check::Radius, Password::Plain(password)) => {
+                let user = outcome.request.username.clone();
+                self.ask_radius(outcome, user, password, None);
+            }
+            (Check::Token, Password::Token(token)) => self.ask_token(outcome, token, None),
+            (_, _) => {
+                outcome.verdict =
+                    Verdict::Refuse(Refusal::new("password_required", "a username and password are required"));
+                self.finish(outcome);
+            }
+        }
+    }
+
+    /// A renegotiation: token sessions show a valid token again (if configured); the
+    /// others passed their checks when they started.
+    fn renegotiate(&mut self, mut outcome: Outcome) {
+        let Some(rec) = self.sessions.values().find(|r| r.handle == outcome.handle) else {
+            outcome.verdict = Verdict::Refuse(Refusal::new("unknown_session", "session unknown to the gateway"));
+            return self.finish(outcome);
+        };
+        if rec.method != "token" || !self.config.token.recheck_on_renegotiation {
+            return self.finish(outcome);
+        }
+        let subject = rec.token_subject.clone();
+        match Password::classify(&outcome.request.password) {
+            Password::Token(token) => self.ask_token(outcome, token, subject),
+            _ => {
+                outcome.verdict =
+                    Verdict::Refuse(Refusal::new("token_required", "the access token must be sent again"));
+                self.finish(outcome);
+            }
+        }
+    }
+
+    fn ask_radius(&mut self, mut outcome: Outcome, user: String, password: String, state: Option<Vec<u8>>) {
+        let Some(radius) = self.radius.clone() else {
+            outcome.verdict = Verdict::Refuse(Refusal::new("method_not_allowed", "RADIUS is not configured"));
+            return self.finish(outcome);
+        };
+        if user.is_empty() {
+            outcome.verdict = Verdict::Refuse(Refusal::new("password_required", "a username is required"));
+            return self.finish(outcome);
+        }
+        let mut request = AccessRequest::pap(user.clone(), password);
+        request.state = state;
+        request.calling_station_id = Some(outcome.peer.to_string());
+        let results = self.outcomes.clone();
+        tokio::spawn(async move {
+            outcome.verdict = match radius.access(request).await {
+                Ok(AccessReply::Accept(info)) => {
+                    let mut groups = info.filter_ids.clone();
+                    groups.extend(info.azure_policy_ids.iter().map(|p| azure_policy_id_text(p)));
+                    Verdict::Admit(Admission {
+                        user,
+                        method: "radius",
+                        groups,
+                        framed_ip: info.framed_ip,
+                        session_timeout: info.session_timeout,
+                        classes: info.classes,
+                        interim: info.acct_interim_interval,
+                        token_subject: None,
+                    })
+                }
+                Ok(AccessReply::Reject { reply_message, .. }) => Verdict::Refuse(Refusal::new(
+                    "radius_reject",
+                    reply_message.unwrap_or_else(|| "wrong username or password".to_string()),
+                )),
+                Ok(AccessReply::Challenge { state: Some(state), reply_message, .. }) => Verdict::Challenge {
+                    state,
+                    prompt: reply_message.unwrap_or_else(|| "Enter your one-time code".to_string()),
+                    user,
+                },
+                Ok(AccessReply::Challenge { state: None, .. }) => Verdict::Refuse(Refusal::new(
+                    "radius_reject",
+                    "the authentication server sent a challenge without State",
+                )),
+                Err(e) => {
+                    warn!(error = %e, "RADIUS authentication failed");
+                    Verdict::Refuse(Refusal::new("radius_unreachable", "no authentication server answered"))
+                }
+            };
+            let _ = results.send(outcome);
+        });
+    }
+
+    fn ask_token(&mut self, mut outcome: Outcome, token: String, same_subject_as: Option<String>) {
+        let Some(tokens) = self.tokens.clone() else {
+            outcome.verdict = Verdict::Refuse(Refusal::new("method_not_allowed", "tokens are not accepted here"));
+            return self.finish(outcome);
+        };
+        let results = self.outcomes.clone();
+        tokio::spawn(async move {
+            outcome.verdict = match tokens.verify(&token).await {
+                Ok(t) => match same_subject_as {
+                    Some(subject) if subject != t.subject => Verdict::Refuse(Refusal::new(
+                        "token_invalid",
+                        "the token belongs to another user than the session",
+                    )),
+                    Some(_) => Verdict::Renewed,
+                    None => Verdict::Admit(Admission {
+                        groups: t.groups.clone(),
+                        token_subject: Some(t.subject.clone()),
+                        ..Admission::plain(t.user_name.clone(), "token")
+                    }),
+                },
+                Err(reason) => Verdict::Refuse(Refusal::new("token_invalid", reason)),
+            };
+            let _ = results.send(outcome);
+        });
+    }
+
+    /// Turns a verdict into the worker's answer.
+    fn finish(&mut self, outcome: Outcome) {
+        let Outcome { handle, peer, transport, certificate, request, verdict } = outcome;
+        let decision = match verdict {
+            Verdict::Refuse(refusal) => {
+                *self.refusals.entry(refusal.kind).or_default() += 1;
+                let user = certificate
+                    .as_ref()
+                    .map(|(_, id)| id.common_name.as_str())
+                    .filter(|_| request.username.is_empty())
+                    .unwrap_or(&request.username);
+                warn!(%peer, transport, user, reason = %refusal.reason, kind = refusal.kind, "authentication refused");
+                AuthDecision::Reject { reason: refusal.reason }
+            }
+            Verdict::Challenge { state, prompt, user } => {
+                let mut id = [0u8; 16];
+                aws_lc_rs::rand::fill(&mut id).expect("the system RNG works");
+                let state_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                info!(%peer, %user, "MFA challenge sent to the client");
+                let reason = dynamic_challenge(&state_id, &user, &prompt);
+                self.challenges
+                    .insert(state_id, PendingChallenge { state, user, expires: Instant::now() + CHALLENGE_LIFETIME });
+                AuthDecision::Reject { reason }
+            }
+            Verdict::Renewed => match self.sessions.iter().find(|(_, r)| r.handle == handle) {
                 Some((&peer_id, rec)) => {
                     AuthDecision::Accept(AuthGrant { push: self.push_config(rec.address), peer_id })
                 }
                 None => AuthDecision::Reject { reason: "session unknown to the gateway".into() },
-            };
-        }
-        let reject = |reason: &str| {
-            warn!(%peer, transport, reason, "authentication refused");
+            },
+            Verdict::Admit(admission) => self.admit(handle, peer, transport, certificate, &request, admission),
+        };
+        self.shared.inboxes[handle.worker].send(WorkerCommand::AuthResult { handle, decision });
+    }
+
+    fn admit(
+        &mut self,
+        handle: LocalHandle,
+        peer: SocketAddr,
+        transport: &'static str,
+        certificate: Option<(Vec<u8>, ClientIdentity)>,
+        request: &AuthRequest,
+        admission: Admission,
+    ) -> AuthDecision {
+        let refuse = |this: &mut Self, kind: &'static str, reason: &str| {
+            *this.refusals.entry(kind).or_default() += 1;
+            warn!(%peer, transport, user = %admission.user, reason, "authentication refused");
             AuthDecision::Reject { reason: reason.to_string() }
         };
-        let Some(cert) = &request.client_cert else { return reject("a client certificate is required") };
-        let identity = match client_identity(cert) {
-            Ok(i) => i,
-            Err(_) => return reject("the client certificate cannot be read"),
-        };
-        if let Some(why) = self.trust.is_revoked(cert) {
-            warn!(%peer, user = %identity.common_name, thumbprint = %identity.thumbprint, %why, "revoked certificate refused");
-            return AuthDecision::Reject { reason: "certificate revoked".into() };
-        }
         let Some(peer_id) = self.free_peer_ids.pop() else {
-            return reject("the gateway has no free session slot");
+            return refuse(self, "no_slot", "the gateway has no free session slot");
         };
-        // The same certificate connecting again replaces its old session and keeps
-        // its address.
-        let previous = self.by_thumbprint.get(&identity.thumbprint).copied();
-        let address = match previous.and_then(|old| self.sessions.get(&old)) {
+        let thumbprint = certificate.as_ref().map(|(_, id)| id.thumbprint);
+        // The same certificate connecting again replaces its old session and keeps its
+        // address. (Users with passwords or tokens may have several devices connected.)
+        let previous =
+            thumbprint.and_then(|t| self.by_thumbprint.get(&t).copied()).filter(|id| self.sessions.contains_key(id));
+        let address = match previous.and_then(|id| self.sessions.get(&id)) {
             Some(rec) => rec.address,
-            None => match self.pool.allocate(self.last_address.get(&identity.thumbprint).copied()) {
-                Some(a) => a,
-                None => {
-                    self.free_peer_ids.push(peer_id);
-                    return reject("the address pool is exhausted");
+            None => {
+                let preferred = thumbprint.and_then(|t| self.last_address.get(&t).copied());
+                match self.pools.allocate(&admission.groups, admission.framed_ip, preferred) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        self.free_peer_ids.push(peer_id);
+                        return refuse(self, "pool_exhausted", reason);
+                    }
                 }
-            },
+            }
         };
+        if let Some(framed) = admission.framed_ip.filter(|f| *f != address) {
+            warn!(user = %admission.user, %framed, %address, "Framed-IP-Address is taken or outside the pools; another address is used");
+        }
         if let Some((old, rec)) = previous.and_then(|old| self.sessions.remove(&old).map(|rec| (old, rec))) {
-            info!(user = %identity.common_name, old_peer = %rec.peer, new_peer = %peer, "reconnect replaces the previous session");
+            info!(user = %admission.user, old_peer = %rec.peer, new_peer = %peer, "reconnect replaces the previous session");
             self.closing.insert(old);
             self.shared.inboxes[rec.handle.worker].send(WorkerCommand::Close {
                 peer_id: old,
                 reason: "replaced by a new connection with the same certificate".into(),
                 notice: None,
             });
+            self.stop_accounting(&rec, None, TerminateCause::UserRequest);
         }
         self.address_owner.insert(address, peer_id);
-        self.last_address.insert(identity.thumbprint, address);
-        self.by_thumbprint.insert(identity.thumbprint, peer_id);
+        if let Some(t) = thumbprint {
+            self.last_address.insert(t, address);
+            self.by_thumbprint.insert(t, peer_id);
+        }
+        let now = Instant::now();
+        let accounting =
+            (admission.method == "radius" && self.config.radius.accounting && self.radius.is_some()).then(|| {
+                let mut id = [0u8; 8];
+                aws_lc_rs::rand::fill(&mut id).expect("the system RNG works");
+                let interval = admission
+                    .interim
+                    .unwrap_or(Duration::from_secs(self.config.radius.interim_interval_secs.into()))
+                    .max(Duration::from_secs(10));
+                Accounting {
+                    session_id: id.iter().map(|b| format!("{b:02X}")).collect(),
+                    classes: admission.classes.clone(),
+                    interval,
+                    next_interim: now + interval,
+                }
+            });
         info!(
-            user = %identity.common_name,
-            thumbprint = %identity.thumbprint,
+            user = %admission.user,
+            method = admission.method,
+            thumbprint = thumbprint.map(|t| t.to_string()).unwrap_or_default(),
             %peer,
             transport,
             %address,
@@ -181,12 +522,83 @@ impl ControlPlane {
             platform = request.peer_info.platform.as_deref().unwrap_or("unknown"),
             "client connected"
         );
-        self.sessions.insert(
-            peer_id,
-            SessionRecord { handle, peer, transport, identity, cert: cert.to_vec(), address, since: SystemTime::now() },
-        );
+        let record = SessionRecord {
+            handle,
+            peer,
+            transport,
+            user: admission.user,
+            method: admission.method,
+            thumbprint,
+            certificate: certificate.map(|(der, _)| der),
+            address,
+            since: SystemTime::now(),
+            started: now,
+            token_subject: admission.token_subject,
+            accounting,
+            expires: admission.session_timeout.map(|t| now + t),
+        };
+        self.account(&record, AcctStatusType::Start, None, None);
+        self.sessions.insert(peer_id, record);
         AuthDecision::Accept(AuthGrant { push: self.push_config(address), peer_id })
     }
+
+    // ---- accounting -----------------------------------------------------------------
+
+    fn account(
+        &self,
+        rec: &SessionRecord,
+        status: AcctStatusType,
+        traffic: Option<Traffic>,
+        cause: Option<TerminateCause>,
+    ) {
+        let (Some(acct), Some(radius)) = (&rec.accounting, &self.radius) else { return };
+        let mut request = AccountingRequest::new(status, acct.session_id.clone());
+        request.user_name = Some(rec.user.clone().into_bytes());
+        request.framed_ip = Some(rec.address);
+        request.calling_station_id = Some(rec.peer.to_string());
+        request.classes = acct.classes.clone();
+        request.event_timestamp = Some(SystemTime::now());
+        if status != AcctStatusType::Start {
+            let t = traffic.unwrap_or_default();
+            request.usage = Some(SessionUsage {
+                input_octets: t.rx_bytes,
+                output_octets: t.tx_bytes,
+                input_packets: t.rx_packets,
+                output_packets: t.tx_packets,
+                session_time: rec.started.elapsed(),
+            });
+        }
+        request.terminate_cause = cause;
+        radius.account(request);
+    }
+
+    fn stop_accounting(&self, rec: &SessionRecord, traffic: Option<Traffic>, cause: TerminateCause) {
+        let traffic = traffic.or_else(|| {
+            let peer_id = self.sessions.iter().find(|(_, r)| r.handle == rec.handle).map(|(&id, _)| id)?;
+            self.shared.table.by_peer_id(peer_id).map(|s| s.stats.snapshot())
+        });
+        self.account(rec, AcctStatusType::Stop, traffic, Some(cause));
+    }
+
+    fn send_interim_updates(&mut self, now: Instant) {
+        let due: Vec<u32> = self
+            .sessions
+            .iter()
+            .filter(|(_, r)| r.accounting.as_ref().is_some_and(|a| a.next_interim <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for peer_id in due {
+            let traffic = self.shared.table.by_peer_id(peer_id).map(|s| s.stats.snapshot());
+            if let Some(rec) = self.sessions.get(&peer_id) {
+                self.account(rec, AcctStatusType::InterimUpdate, traffic, None);
+            }
+            if let Some(acct) = self.sessions.get_mut(&peer_id).and_then(|r| r.accounting.as_mut()) {
+                acct.next_interim = now + acct.interval;
+            }
+        }
+    }
+
+    // ---- sessions ending ------------------------------------------------------------
 
     fn closed(
         &mut self,
@@ -194,6 +606,7 @@ impl ControlPlane {
         peer: SocketAddr,
         peer_id: Option<u32>,
         address: Option<Ipv4Addr>,
+        traffic: Option<Traffic>,
         reason: CloseReason,
     ) {
         let Some(peer_id) = peer_id else {
@@ -213,17 +626,20 @@ impl ControlPlane {
             return;
         }
         if let Some(rec) = &record {
-            if self.by_thumbprint.get(&rec.identity.thumbprint) == Some(&peer_id) {
-                self.by_thumbprint.remove(&rec.identity.thumbprint);
+            if let Some(t) = rec.thumbprint {
+                if self.by_thumbprint.get(&t) == Some(&peer_id) {
+                    self.by_thumbprint.remove(&t);
+                }
             }
             let secs = rec.since.elapsed().map_or(0, |d| d.as_secs());
-            info!(user = %rec.identity.common_name, peer = %rec.peer, transport = rec.transport, address = %rec.address, connected_secs = secs, %reason, "client disconnected");
+            info!(user = %rec.user, peer = %rec.peer, transport = rec.transport, address = %rec.address, connected_secs = secs, %reason, "client disconnected");
+            self.account(rec, AcctStatusType::Stop, traffic, Some(terminate_cause(&reason)));
         }
-        if let Some(address) = address
-            && self.address_owner.get(&address) == Some(&peer_id)
-        {
-            self.address_owner.remove(&address);
-            self.pool.release(address);
+        if let Some(address) = address {
+            if self.address_owner.get(&address) == Some(&peer_id) {
+                self.address_owner.remove(&address);
+                self.pools.release(address);
+            }
         }
         self.free_peer_ids.push(peer_id);
     }
@@ -243,8 +659,9 @@ impl ControlPlane {
             .collect();
         info!(
             sessions = self.sessions.len(),
-            pool_in_use = self.pool.in_use(),
-            pool_capacity = self.pool.capacity(),
+            pool_in_use = self.pools.in_use(),
+            pool_capacity = self.pools.capacity(),
+            refusals = ?self.refusals,
             to_tun = sum(|w| w.to_tun.load(Ordering::Relaxed)),
             from_tun = sum(|w| w.from_tun.load(Ordering::Relaxed)),
             handoffs = sum(|w| w.handoffs.load(Ordering::Relaxed)),
@@ -257,10 +674,14 @@ impl ControlPlane {
     fn push_config(&self, address: Ipv4Addr) -> PushConfig {
         let n = &self.config.network;
         let o = &self.config.openvpn;
+        let (netmask, route_gateway) = match self.pools.pool(address) {
+            Some(p) => (p.network().netmask(), p.gateway_address()),
+            None => (n.pool.netmask(), Ipv4Addr::from(u32::from(n.pool.network()) + 1)),
+        };
         PushConfig {
             address,
-            netmask: n.pool.netmask(),
-            route_gateway: self.pool.gateway_address(),
+            netmask,
+            route_gateway,
             routes: n.routes.clone(),
             redirect_gateway: n.full_tunnel,
             dns_servers: n.dns_servers.clone(),
@@ -305,12 +726,15 @@ impl ControlPlane {
         let revoked: Vec<u32> = self
             .sessions
             .iter()
-            .filter(|(id, rec)| !self.closing.contains(id) && self.trust.is_revoked(&rec.cert).is_some())
+            .filter(|(id, rec)| {
+                !self.closing.contains(id)
+                    && rec.certificate.as_ref().is_some_and(|c| self.trust.is_revoked(c).is_some())
+            })
             .map(|(&id, _)| id)
             .collect();
         for peer_id in revoked {
             let Some(rec) = self.sessions.get(&peer_id) else { continue };
-            warn!(user = %rec.identity.common_name, thumbprint = %rec.identity.thumbprint, peer = %rec.peer, "certificate revoked: cutting its session");
+            warn!(user = %rec.user, thumbprint = ?rec.thumbprint, peer = %rec.peer, "certificate revoked: cutting its session");
             self.closing.insert(peer_id);
             self.shared.inboxes[rec.handle.worker].send(WorkerCommand::Close {
                 peer_id,
@@ -318,5 +742,34 @@ impl ControlPlane {
                 notice: Some("AUTH_FAILED,certificate revoked".into()),
             });
         }
+    }
+}
+
+impl Admission {
+    fn plain(user: String, method: &'static str) -> Admission {
+        Admission {
+            user,
+            method,
+            groups: Vec::new(),
+            framed_ip: None,
+            session_timeout: None,
+            classes: Vec::new(),
+            interim: None,
+            token_subject: None,
+        }
+    }
+}
+
+/// The RADIUS Acct-Terminate-Cause for why a session ended.
+fn terminate_cause(reason: &CloseReason) -> TerminateCause {
+    match reason {
+        CloseReason::ClientExit => TerminateCause::UserRequest,
+        CloseReason::AuthFailed(_) => TerminateCause::AdminReset,
+        CloseReason::Local(r) if r.contains("no packet") => TerminateCause::LostCarrier,
+        CloseReason::Local(r) if r.contains("time limit") => TerminateCause::SessionTimeout,
+        CloseReason::Local(r) if r.contains("shutting down") => TerminateCause::NasReboot,
+        CloseReason::Local(r) if r.contains("TCP connection closed") => TerminateCause::LostCarrier,
+        CloseReason::Local(_) => TerminateCause::AdminReset,
+        CloseReason::HandshakeTimeout | CloseReason::Tls(_) | CloseReason::Protocol(_) => TerminateCause::NasError,
     }
 }

@@ -14,12 +14,16 @@ use crate::proto::openvpn::session::ServerSettings;
 /// TLS 1.2 and 1.3 with a mandatory client certificate checked against the trusted
 /// roots, CRLs and revoked thumbprints. No session tickets or resumption: OpenVPN
 /// clients do a full handshake every time.
-pub fn server_config(trust: &TrustStore, identity: &ServerIdentity) -> anyhow::Result<rustls::ServerConfig> {
+pub fn server_config(
+    trust: &TrustStore,
+    identity: &ServerIdentity,
+    certificate_required: bool,
+) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS versions")?
-        .with_client_cert_verifier(trust.client_verifier()?)
+        .with_client_cert_verifier(trust.client_verifier(certificate_required)?)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .context("the server certificate and key cannot be used for TLS")?;
     cfg.send_tls13_tickets = 0;
@@ -34,7 +38,7 @@ pub fn openvpn_settings(
 ) -> anyhow::Result<Arc<ServerSettings>> {
     let o = &config.openvpn;
     Ok(Arc::new(ServerSettings {
-        tls: Arc::new(server_config(trust, identity)?),
+        tls: Arc::new(server_config(trust, identity, config.client_certificate_required())?),
         data_ciphers: o.data_ciphers.clone(),
         reneg_interval: (o.reneg_secs > 0).then(|| Duration::from_secs(o.reneg_secs.into())),
         handshake_window: Duration::from_secs(o.handshake_window_secs.into()),

@@ -353,7 +353,7 @@ fn handshake(
     let server_config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .unwrap()
-        .with_client_cert_verifier(store.client_verifier().unwrap())
+        .with_client_cert_verifier(store.client_verifier(true).unwrap())
         .with_single_cert(server_identity.chain, server_identity.key)
         .unwrap();
     let mut server_roots = RootCertStore::empty();

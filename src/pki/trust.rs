@@ -107,16 +107,20 @@ impl TrustStore {
 
     /// A verifier that requires a client certificate chaining to a trusted root, not
     /// revoked by a loaded CRL of its issuer nor by thumbprint.
-    pub fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>> {
+    /// `mandatory`: refuse clients without a certificate; otherwise a certificate is
+    /// optional (passwords or tokens admit those), but one presented is still checked.
+    pub fn client_verifier(&self, mandatory: bool) -> Result<Arc<dyn ClientCertVerifier>> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider)
+        let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider)
             .with_crls(self.crls.iter().cloned())
             // Enterprise roots often come without CRLs, and intermediates' CRLs are not
             // published here: only the leaf is checked, against whatever CRLs we have.
             .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| anyhow!("building the client certificate verifier: {e}"))?;
+            .allow_unknown_revocation_status();
+        if !mandatory {
+            builder = builder.allow_unauthenticated();
+        }
+        let inner = builder.build().map_err(|e| anyhow!("building the client certificate verifier: {e}"))?;
         Ok(Arc::new(ThumbprintRevocationVerifier { inner, revoked: self.revoked_thumbprints.clone() }))
     }
 

@@ -1,0 +1,106 @@
+//! The token service of the control plane: the issuer's signing keys (fetched on
+//! tokio's blocking pool, cached, refreshed hourly and on an unknown key id at most once
+//! a minute, the last good keys kept when a fetch fails) and token verification.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::auth::token::{
+    ClaimCondition, HttpTrust, JwksSource, KeyCache, RefreshTiming, TokenError, TokenPolicy, VerifiedToken, fetch_jwks,
+    verify,
+};
+use crate::config::{TokenConfig, parse_claim_condition};
+
+pub struct TokenService {
+    cache: Mutex<KeyCache>,
+    source: JwksSource,
+    trust: HttpTrust,
+    policy: TokenPolicy,
+}
+
+impl TokenService {
+    pub fn new(config: &TokenConfig) -> anyhow::Result<Arc<TokenService>> {
+        let source = match (&config.jwks_file, &config.jwks_uri) {
+            (Some(file), _) => JwksSource::File(file.clone()),
+            (None, Some(uri)) => JwksSource::Url(uri.clone()),
+            (None, None) => JwksSource::Discovery { issuer: config.issuers.first().cloned().unwrap_or_default() },
+        };
+        let mut policy = TokenPolicy::new(config.issuers.clone(), config.audiences.clone());
+        policy.tenant_id = config.tenant.clone();
+        policy.clock_skew = Duration::from_secs(config.clock_skew_secs.into());
+        policy.required_claims = config
+            .required_claims
+            .iter()
+            .filter_map(|c| parse_claim_condition(c))
+            .map(|(claim, value)| ClaimCondition::contains(&claim, &value))
+            .collect();
+        policy.allowed_groups = config.allowed_groups.clone();
+        Ok(Arc::new(TokenService {
+            cache: Mutex::new(KeyCache::new(RefreshTiming::default())),
+            trust: HttpTrust::new(true, &config.ca_files, HttpTrust::DEFAULT_TIMEOUT)?,
+            source,
+            policy,
+        }))
+    }
+
+    /// Verifies a token. An unknown key id triggers one key refresh (rate limited).
+    pub async fn verify(self: &Arc<Self>, token: &str) -> Result<VerifiedToken, String> {
+        if self.keys().is_none() {
+            self.refresh_if_due().await;
+        }
+        let Some(keys) = self.keys() else {
+            return Err(format!("no signing keys available yet from {}", self.source));
+        };
+        let now = crate::dataplane::sys::unix_time();
+        match verify(token, &keys, &self.policy, now) {
+            Err(TokenError::UnknownKeyId(kid)) => {
+                let refresh = self.lock().start_refresh_for_unknown_key(Instant::now());
+                if !refresh {
+                    return Err(TokenError::UnknownKeyId(kid).to_string());
+                }
+                info!(kid, source = %self.source, "unknown signing key: fetching the issuer's keys");
+                let keys = self.fetch().await.map_err(|_| TokenError::UnknownKeyId(kid.clone()).to_string())?;
+                verify(token, &keys, &self.policy, now).map_err(|e| e.to_string())
+            }
+            other => other.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Fetches the keys when a scheduled refresh is due (first use, hourly, or retry
+    /// after a failure). Call it periodically.
+    pub async fn refresh_if_due(self: &Arc<Self>) {
+        let due = self.lock().start_scheduled_refresh(Instant::now());
+        if due.is_some() {
+            let _ = self.fetch().await;
+        }
+    }
+
+    /// Runs a fetch the cache has agreed to, and records its result.
+    async fn fetch(self: &Arc<Self>) -> Result<Arc<crate::auth::token::Jwks>, ()> {
+        let this = self.clone();
+        let fetched =
+            tokio::task::spawn_blocking(move || fetch_jwks(&this.source, &this.trust)).await.unwrap_or_else(|e| {
+                Err(crate::auth::token::FetchError::Http { url: self.source.to_string(), reason: e.to_string() })
+            });
+        match self.lock().finish_refresh(fetched, Instant::now()) {
+            Ok(keys) => {
+                info!(source = %self.source, keys = %keys, "token signing keys loaded");
+                Ok(keys)
+            }
+            Err(e) => {
+                warn!(source = %self.source, error = %e, "cannot fetch token signing keys; keeping the previous ones");
+                Err(())
+            }
+        }
+    }
+
+    fn keys(&self) -> Option<Arc<crate::auth::token::Jwks>> {
+        self.lock().keys()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
