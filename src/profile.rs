@@ -59,23 +59,18 @@ struct Remote {
     exit_notify: bool,
 }
 
-/// An OpenVPN 2.6 client profile for the issued client `client_name`, usable as-is
-/// with `openvpn --config FILE.ovpn`.
+/// An OpenVPN 2.6 client profile for `client_name`, usable as-is with
+/// `openvpn --config FILE.ovpn`. It carries the client's certificate and key when it
+/// was issued one (required when every `[auth] require` combination needs one), and
+/// asks for a username and password when a combination uses them.
 pub fn openvpn_profile(config: &Config, client_name: &str, transport: ProfileTransport) -> Result<String> {
     let remotes = remotes(config, transport)?;
     let pki = Pki::open(&config.pki_dir())?;
-    let client = pki.client_credentials(client_name)?;
-    let cert_pem = read_text(&client.cert_path)?;
-    let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-        .map_err(|e| anyhow!("{}: {e}", client.cert_path.display()))?;
-    if Thumbprint::of_der(&cert_der) != client.record.thumbprint {
-        bail!(
-            "{} is not the certificate the PKI index lists for {client_name:?} (thumbprint {})",
-            client.cert_path.display(),
-            client.record.thumbprint
-        );
-    }
-    let key_pem = read_text(&client.key_path)?;
+    let identity = match pki.client_credentials(client_name) {
+        Ok(client) => Some(client_certificate(&client, client_name)?),
+        Err(e) if config.client_certificate_required() => return Err(e),
+        Err(_) => None,
+    };
 
     let server_cert_path = config.server_cert_path();
     let server_leaf = load_certs(&server_cert_path)?.swap_remove(0);
@@ -124,9 +119,26 @@ pub fn openvpn_profile(config: &Config, client_name: &str, transport: ProfileTra
         }
         out.push('\n');
     }
+    // Ask for a password only when the profile's holder cannot get in without one.
+    let certificate_suffices =
+        identity.is_some() && config.auth.require.iter().any(|r| r.certificate && !r.needs_password());
+    if config.password_used() && !certificate_suffices {
+        out.push_str("# The gateway asks for a username and password");
+        if config.auth.uses(|r| r.token) {
+            out.push_str(" (or an access token as the password, with any username)");
+        }
+        out.push_str(".\nauth-user-pass\n");
+        if config.auth.uses(|r| r.radius) {
+            // A RADIUS server may answer with an MFA challenge: prompt for the code.
+            out.push_str("auth-retry interact\n");
+        }
+        out.push('\n');
+    }
     push_inline_block(&mut out, "ca", &ca_pem);
-    push_inline_block(&mut out, "cert", &cert_pem);
-    push_inline_block(&mut out, "key", &key_pem);
+    if let Some((cert_pem, key_pem)) = &identity {
+        push_inline_block(&mut out, "cert", cert_pem);
+        push_inline_block(&mut out, "key", key_pem);
+    }
     if let Some(key) = tls_crypt {
         push_inline_block(&mut out, "tls-crypt", &key);
     }
@@ -143,6 +155,21 @@ pub fn openvpn_profile(config: &Config, client_name: &str, transport: ProfileTra
         }
     }
     Ok(out)
+}
+
+/// The client's certificate and key (PEM), checked against the PKI index.
+fn client_certificate(client: &crate::pki::ClientCredentials, client_name: &str) -> Result<(String, String)> {
+    let cert_pem = read_text(&client.cert_path)?;
+    let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| anyhow!("{}: {e}", client.cert_path.display()))?;
+    if Thumbprint::of_der(&cert_der) != client.record.thumbprint {
+        bail!(
+            "{} is not the certificate the PKI index lists for {client_name:?} (thumbprint {})",
+            client.cert_path.display(),
+            client.record.thumbprint
+        );
+    }
+    Ok((cert_pem, read_text(&client.key_path)?))
 }
 
 fn remotes(config: &Config, transport: ProfileTransport) -> Result<Vec<Remote>> {

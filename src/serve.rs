@@ -78,6 +78,7 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
         &config.dataplane.tun_name,
         pool.gateway_address(),
         config.network.pool,
+        &config.group_pools().into_iter().map(|(_, net)| net).collect::<Vec<_>>(),
         config.openvpn.tun_mtu,
         workers,
     )?;
@@ -102,7 +103,11 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         // Twice the pool: a reconnecting client holds a second peer-id while its old
         // session is torn down.
-        table: SessionTable::new(2 * pool.capacity() as usize + 16),
+        table: SessionTable::new(
+            2 * config.group_pools().iter().map(|(_, net)| AddressPool::client_capacity(*net) as usize).sum::<usize>()
+                + 2 * pool.capacity() as usize
+                + 16,
+        ),
         settings: ArcSwap::from_pointee(Settings {
             openvpn,
             ping_interval: Duration::from_secs(config.openvpn.keepalive_interval_secs.into()),

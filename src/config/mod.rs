@@ -343,6 +343,9 @@ pub struct TokenConfig {
     /// Verify the token again at every renegotiation (the client sends it again), so
     /// that a token that expired while connected ends the session.
     pub recheck_on_renegotiation: bool,
+    /// Fetch the issuer's keys at most this often when a token names an unknown key
+    /// (so that a flood of forged key ids cannot hammer the identity provider).
+    pub min_key_refresh_secs: u32,
 }
 
 impl Default for TokenConfig {
@@ -358,6 +361,7 @@ impl Default for TokenConfig {
             required_claims: Vec::new(),
             allowed_groups: Vec::new(),
             recheck_on_renegotiation: true,
+            min_key_refresh_secs: 60,
         }
     }
 }

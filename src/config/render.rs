@@ -135,6 +135,7 @@ pub(super) fn effective_toml(config: &Config) -> String {
     out.key("required_claims", strings(&token.required_claims), None);
     out.key("allowed_groups", strings(&token.allowed_groups), None);
     out.key("recheck_on_renegotiation", token.recheck_on_renegotiation, None);
+    out.key("min_key_refresh_secs", token.min_key_refresh_secs, None);
     out.text
 }
 

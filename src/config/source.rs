@@ -66,6 +66,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
             "required_claims",
             "allowed_groups",
             "recheck_on_renegotiation",
+            "min_key_refresh_secs",
         ],
     ),
 ];

@@ -146,17 +146,18 @@ fn check_auth(config: &Config, problems: &mut Vec<Problem>) {
                 "auth.require uses token but token.audiences is empty".to_string(),
             ));
         }
-        if token.jwks_file.is_none() && token.jwks_uri.is_none() {
-            if let Some(first) = token.issuers.first().filter(|i| !i.starts_with("https://")) {
-                problems.push(Problem::element(
-                    "token.issuers",
-                    0,
-                    format!(
-                        "signing keys come from OIDC discovery at the first issuer, which must be https:// \
+        if token.jwks_file.is_none()
+            && token.jwks_uri.is_none()
+            && let Some(first) = token.issuers.first().filter(|i| !i.starts_with("https://"))
+        {
+            problems.push(Problem::element(
+                "token.issuers",
+                0,
+                format!(
+                    "signing keys come from OIDC discovery at the first issuer, which must be https:// \
                          (got {first:?}); or set token.jwks_file or token.jwks_uri"
-                    ),
-                ));
-            }
+                ),
+            ));
         }
     }
     if token.jwks_file.is_some() && token.jwks_uri.is_some() {
@@ -176,6 +177,12 @@ fn check_auth(config: &Config, problems: &mut Vec<Problem>) {
                 format!("token.required_claims entry {condition:?} is not \"claim=value\" (e.g. \"amr=mfa\")"),
             ));
         }
+    }
+    if token.min_key_refresh_secs == 0 {
+        problems.push(Problem::new(
+            &["token.min_key_refresh_secs"],
+            "token.min_key_refresh_secs must be at least 1".to_string(),
+        ));
     }
     if token.clock_skew_secs > MAX_CLOCK_SKEW_SECS {
         problems.push(Problem::new(

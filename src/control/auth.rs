@@ -27,10 +27,10 @@ impl Password {
         if password.is_empty() {
             return Password::None;
         }
-        if let Some(rest) = password.strip_prefix("CRV1::") {
-            if let Some((state_id, response)) = rest.split_once("::") {
-                return Password::ChallengeResponse { state_id: state_id.to_string(), response: response.to_string() };
-            }
+        if let Some(rest) = password.strip_prefix("CRV1::")
+            && let Some((state_id, response)) = rest.split_once("::")
+        {
+            return Password::ChallengeResponse { state_id: state_id.to_string(), response: response.to_string() };
         }
         if looks_like_jwt(password) {
             Password::Token(password.to_string())

@@ -417,7 +417,7 @@ impl ControlPlane {
                     .map(|(_, id)| id.common_name.as_str())
                     .filter(|_| request.username.is_empty())
                     .unwrap_or(&request.username);
-                warn!(%peer, transport, user, reason = %refusal.reason, kind = refusal.kind, "authentication refused");
+                warn!(%peer, transport, %user, reason = %refusal.reason, kind = refusal.kind, "authentication refused");
                 AuthDecision::Reject { reason: refusal.reason }
             }
             Verdict::Challenge { state, prompt, user } => {
@@ -626,20 +626,20 @@ impl ControlPlane {
             return;
         }
         if let Some(rec) = &record {
-            if let Some(t) = rec.thumbprint {
-                if self.by_thumbprint.get(&t) == Some(&peer_id) {
-                    self.by_thumbprint.remove(&t);
-                }
+            if let Some(t) = rec.thumbprint
+                && self.by_thumbprint.get(&t) == Some(&peer_id)
+            {
+                self.by_thumbprint.remove(&t);
             }
             let secs = rec.since.elapsed().map_or(0, |d| d.as_secs());
             info!(user = %rec.user, peer = %rec.peer, transport = rec.transport, address = %rec.address, connected_secs = secs, %reason, "client disconnected");
             self.account(rec, AcctStatusType::Stop, traffic, Some(terminate_cause(&reason)));
         }
-        if let Some(address) = address {
-            if self.address_owner.get(&address) == Some(&peer_id) {
-                self.address_owner.remove(&address);
-                self.pools.release(address);
-            }
+        if let Some(address) = address
+            && self.address_owner.get(&address) == Some(&peer_id)
+        {
+            self.address_owner.remove(&address);
+            self.pools.release(address);
         }
         self.free_peer_ids.push(peer_id);
     }

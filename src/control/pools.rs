@@ -29,12 +29,11 @@ impl Pools {
         framed: Option<Ipv4Addr>,
         preferred: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, &'static str> {
-        if let Some(address) = framed {
-            if let Some(pool) = self.pool_mut(address) {
-                if !pool.is_allocated(address) {
-                    return pool.allocate(Some(address)).ok_or("the address pool is exhausted");
-                }
-            }
+        if let Some(address) = framed
+            && let Some(pool) = self.pool_mut(address)
+            && !pool.is_allocated(address)
+        {
+            return pool.allocate(Some(address)).ok_or("the address pool is exhausted");
         }
         let pool = match self.by_group.iter().position(|(g, _)| groups.contains(g)) {
             Some(i) => &mut self.by_group[i].1,

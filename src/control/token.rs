@@ -38,7 +38,10 @@ impl TokenService {
             .collect();
         policy.allowed_groups = config.allowed_groups.clone();
         Ok(Arc::new(TokenService {
-            cache: Mutex::new(KeyCache::new(RefreshTiming::default())),
+            cache: Mutex::new(KeyCache::new(RefreshTiming {
+                min_fetch_interval: Duration::from_secs(config.min_key_refresh_secs.into()),
+                ..RefreshTiming::default()
+            })),
             trust: HttpTrust::new(true, &config.ca_files, HttpTrust::DEFAULT_TIMEOUT)?,
             source,
             policy,

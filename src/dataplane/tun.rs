@@ -8,8 +8,16 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use ipnet::Ipv4Net;
 
 /// Creates (or reuses) the TUN device `name` with `queues` queues, address `address`
-/// with the pool's prefix length, and `mtu`; returns one fd per queue.
-pub fn create(name: &str, address: Ipv4Addr, pool: Ipv4Net, mtu: u16, queues: usize) -> io::Result<Vec<OwnedFd>> {
+/// with the pool's prefix length, the gateway address of each of `extra_pools`, and
+/// `mtu`; returns one fd per queue.
+pub fn create(
+    name: &str,
+    address: Ipv4Addr,
+    pool: Ipv4Net,
+    extra_pools: &[Ipv4Net],
+    mtu: u16,
+    queues: usize,
+) -> io::Result<Vec<OwnedFd>> {
     let first = tun_rs::DeviceBuilder::new()
         .name(name)
         .ipv4(address, pool.prefix_len(), None)
@@ -19,6 +27,12 @@ pub fn create(name: &str, address: Ipv4Addr, pool: Ipv4Net, mtu: u16, queues: us
         .enable(true)
         .build_sync()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create TUN device {name}: {e}")))?;
+    for extra in extra_pools {
+        let gateway = Ipv4Addr::from(u32::from(extra.network()) + 1);
+        first.add_address_v4(gateway, extra.prefix_len()).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot add {gateway}/{} to {name}: {e}", extra.prefix_len()))
+        })?;
+    }
     let mut fds = Vec::with_capacity(queues);
     for _ in 1..queues {
         let q =

@@ -18,6 +18,10 @@ pub struct GatewayOptions {
     pub keepalive: (u32, u32),
     pub reneg_secs: u32,
     pub data_ciphers: &'static str,
+    /// Entries of `[network] group_pools`.
+    pub group_pools: Vec<String>,
+    /// More sections, appended as written (`[auth]`, `[radius]`, `[token]`…).
+    pub extra: String,
 }
 
 impl Default for GatewayOptions {
@@ -27,6 +31,8 @@ impl Default for GatewayOptions {
             keepalive: (2, 10),
             reneg_secs: 3600,
             data_ciphers: r#""AES-256-GCM", "CHACHA20-POLY1305", "AES-128-GCM""#,
+            group_pools: Vec::new(),
+            extra: String::new(),
         }
     }
 }
@@ -66,17 +72,22 @@ pool = "{pool}"
 routes = ["10.50.0.0/24"]
 dns_servers = ["10.50.0.53"]
 dns_search = ["corp.example"]
+group_pools = [{group_pools}]
 
 [openvpn]
 data_ciphers = [{ciphers}]
 keepalive_interval_secs = {interval}
 keepalive_timeout_secs = {timeout}
 reneg_secs = {reneg}
+
+{extra}
 "#,
             state = state_dir.display(),
             pool = opts.pool,
             ciphers = opts.data_ciphers,
             reneg = opts.reneg_secs,
+            group_pools = opts.group_pools.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", "),
+            extra = opts.extra,
         );
         std::fs::write(&config_path, config).expect("write gateway config");
         p2sgw(&["check-config", path(&config_path)]);
