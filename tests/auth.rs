@@ -277,7 +277,7 @@ fn token_gateway(topo: &Topology, oidc: &OidcServer, token_extra: &str, reneg_se
             extra: format!(
                 "[auth]\nrequire = [\"token\"]\n\n[token]\nissuers = [{:?}]\naudiences = [{AUDIENCE:?}]\nca_files = [{:?}]\n{token_extra}\n",
                 oidc.issuer_url(),
-                path(&oidc.ca_cert_path()),
+                path(oidc.ca_cert_path()),
             ),
             ..Default::default()
         },
@@ -296,7 +296,7 @@ fn tokens_of_each_algorithm_connect_and_bad_tokens_are_refused() {
     let gw = token_gateway(&topo, &oidc, "required_claims = [\"amr=mfa\"]\nmin_key_refresh_secs = 2", 3600);
     let profile = gw.profile("token-user", "udp");
     let claims = |sub: &str, valid: i64| {
-        let mut c = standard_claims(&oidc.issuer_url(), AUDIENCE, sub, valid);
+        let mut c = standard_claims(oidc.issuer_url(), AUDIENCE, sub, valid);
         c["amr"] = json!(["pwd", "mfa"]);
         c["upn"] = json!(format!("{sub}@example.test"));
         c
@@ -345,7 +345,7 @@ fn token_groups_choose_the_pool_and_an_expired_token_ends_the_session_at_renegot
     let oidc = OidcServer::start(topo.vnet(), OidcOptions::default(), &issuer.jwks_json());
     let gw = token_gateway(&topo, &oidc, "clock_skew_secs = 0", 10);
     let profile = gw.profile("admin", "udp");
-    let mut claims = standard_claims(&oidc.issuer_url(), AUDIENCE, "admin-1", 15);
+    let mut claims = standard_claims(oidc.issuer_url(), AUDIENCE, "admin-1", 15);
     claims["groups"] = json!(["vpn-admins"]);
     let token = issuer.mint(JwsAlg::Es256, &claims);
     let client = connect_with(&topo, 0, &profile, &token_creds(&topo, "admin", &token));
