@@ -60,6 +60,39 @@ pub fn tcp_stream(data: &[u8]) {
     }
 }
 
+/// RADIUS replies: packet decoding, authenticator checks, attribute interpretation
+/// (vendor attributes, MPPE key decryption, EAP reassembly).
+pub fn radius_reply(data: &[u8]) {
+    use crate::proto::radius::{AccessReply, Packet, auth::verify_reply, packet::decode_vendor_specific};
+    const SECRET: &[u8] = b"fuzz-secret";
+    const REQUEST_AUTHENTICATOR: [u8; 16] = [7; 16];
+    let Ok(packet) = Packet::decode(data) else { return };
+    let _ = verify_reply(data, SECRET, &REQUEST_AUTHENTICATOR, true);
+    let _ = AccessReply::from_packet(&packet, SECRET, &REQUEST_AUTHENTICATOR);
+    for vsa in packet.attributes(26) {
+        let _ = decode_vendor_specific(vsa);
+    }
+}
+
+/// Access tokens given as passwords: parsing, signature and policy checks.
+pub fn access_token(data: &[u8]) {
+    use crate::auth::token::{Jwks, TokenPolicy, looks_like_jwt, verify};
+    static KEYS: OnceLock<Jwks> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        // A P-256 key (RFC 7517 appendix A.1's example public key).
+        Jwks::parse(
+            br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"1","alg":"ES256",
+                "x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+                "y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#,
+        )
+        .expect("valid JWKS")
+    });
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = looks_like_jwt(text);
+    let policy = TokenPolicy::new(vec!["https://issuer.test/".into()], vec!["api://vpn".into()]);
+    let _ = verify(text, keys, &policy, 1_800_000_000);
+}
+
 /// Key-method messages, peer-info and PUSH_REPLY text.
 pub fn key_method(data: &[u8]) {
     let _ = ClientKeyMethod2::parse(data);
@@ -189,6 +222,15 @@ mod tests {
             key_method,
         );
         mutations(&[b"[network]\npool = \"10.0.0.0/24\"\nroutes = [\"10.1.0.0/16\"]\n"], 2000, config_text);
+        // An Access-Accept with a Framed-IP-Address, a Class and a Microsoft VSA.
+        let accept: &[u8] = &[
+            2, 1, 0, 41, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 8, 6, 172, 16, 201, 9, 25, 4, b'c',
+            b'l', 26, 11, 0, 0, 1, 55, 65, 5, 0x6a, 0xd1, 0xbd,
+        ];
+        assert!(crate::proto::radius::Packet::decode(accept).is_ok(), "the seed is a valid packet");
+        mutations(&[accept], 3000, radius_reply);
+        let token = b"eyJhbGciOiJFUzI1NiIsImtpZCI6IjEifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0LyIsImF1ZCI6ImFwaTovL3ZwbiIsImV4cCI6MTkwMDAwMDAwMH0.c2lnbmF0dXJl";
+        mutations(&[token], 3000, access_token);
     }
 
     #[test]
