@@ -355,3 +355,28 @@ fn token_groups_choose_the_pool_and_an_expired_token_ends_the_session_at_renegot
     client.wait_for_log("AUTH_FAILED", Duration::from_secs(40)).expect("cut at the renegotiation after expiry");
     gw.wait_for_line(&["authentication refused", "token expired"], Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn radius_session_timeout_ends_the_session_and_accounting_says_why() {
+    let topo = Topology::new(1);
+    let mut dave = RadiusUser::new("dave", "pw");
+    dave.session_timeout = Some(4);
+    let radius = FreeRadius::start(topo.vnet(), RadiusOptions { users: vec![dave], ..Default::default() });
+    let gw = Gateway::start(
+        &topo,
+        GatewayOptions {
+            extra: format!("[auth]\nrequire = [\"radius\"]\n{}", radius_section(&["10.50.0.2:1812"], "")),
+            ..Default::default()
+        },
+    );
+    let client = connect_with(&topo, 0, &gw.profile("dave", "udp"), &credentials(&topo, "dave", "dave", "pw"));
+    let connected = Instant::now();
+    client
+        .wait_for_log("Connection reset command was pushed by server", Duration::from_secs(10))
+        .expect("told to reconnect");
+    let after = connected.elapsed();
+    assert!(after >= Duration::from_secs(3), "not before its time: {after:?}");
+    gw.wait_for_line(&["session time limit reached", "user=dave"], Duration::from_secs(1)).unwrap();
+    let stop = radius.wait_for_accounting(|r| r.status_type == "Stop", Duration::from_secs(10)).unwrap();
+    assert_eq!(stop.terminate_cause.as_deref(), Some("Session-Timeout"));
+}

@@ -80,9 +80,7 @@ impl TestServer {
                     }
                     let Ok(stream) = stream else { continue };
                     // A client refusing the certificate ends its connection mid-handshake.
-                    if let Ok(path) = serve_one(stream, config.clone(), &routes) {
-                        requested_paths.lock().expect("paths lock").push(path);
-                    }
+                    let _ = serve_one(stream, config.clone(), &routes, &requested_paths);
                 }
             })
         };
@@ -109,7 +107,8 @@ fn serve_one(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     routes: &[(String, String)],
-) -> std::io::Result<String> {
+    requested_paths: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(TIMEOUT))?;
     let connection = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
     let mut tls = rustls::StreamOwned::new(connection, stream);
@@ -124,6 +123,8 @@ fn serve_one(
     }
     let request = String::from_utf8_lossy(&request);
     let path = request.split(' ').nth(1).unwrap_or_default().to_string();
+    // Recorded before answering: the client may check the record as soon as it has the answer.
+    requested_paths.lock().expect("paths lock").push(path.clone());
     let response = match routes.iter().find(|(route, _)| *route == path) {
         Some((_, body)) => format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -133,8 +134,7 @@ fn serve_one(
     };
     tls.write_all(response.as_bytes())?;
     tls.conn.send_close_notify();
-    tls.flush()?;
-    Ok(path)
+    tls.flush()
 }
 
 /// Writes `pki`'s CA certificate to a file in `dir`.

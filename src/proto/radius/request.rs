@@ -102,7 +102,7 @@ impl Request {
     /// The packet for one server: `nonce` is the Request Authenticator of an
     /// Access-Request (an Accounting-Request's is computed), `waited` is added to
     /// Acct-Delay-Time. Returns the bytes and the Request Authenticator they carry.
-    pub(crate) fn encode(
+    pub fn encode(
         &self,
         identifier: u8,
         secret: &[u8],
