@@ -7,6 +7,7 @@
 //! - [`control`]: the control plane (auth decisions, address pool, revocation watch).
 //! - [`config`], [`pki`], [`profile`]: what an operator touches.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod control;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use p2sgw::admin::client::AdminClient;
 use p2sgw::config::DEFAULT_STATE_DIR;
 use p2sgw::pki::{KeyAlgorithm, Pki, RevokeTarget, Thumbprint, write_atomically};
 use p2sgw::profile::{ProfileTransport, openvpn_profile};
@@ -50,6 +51,81 @@ enum Command {
         /// Transports in the profile: both (UDP first, then TCP), udp or tcp.
         #[arg(long, default_value = "both")]
         transport: ProfileTransport,
+    },
+    /// List the connected clients (from the running gateway).
+    Sessions {
+        #[command(flatten)]
+        gateway: RunningGateway,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disconnect a session now, or every session of a user.
+    Disconnect {
+        #[command(flatten)]
+        gateway: RunningGateway,
+        /// Session id, as `p2sgw sessions` shows it.
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        id: Option<u64>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a certificate by thumbprint; its live sessions are cut at once.
+    Revoke {
+        #[command(flatten)]
+        gateway: RunningGateway,
+        /// SHA-1 thumbprint (hex; colons and spaces allowed).
+        thumbprint: Thumbprint,
+        /// Take the thumbprint off the revoked list instead.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// List, add or remove trusted root CAs of the running gateway.
+    Roots {
+        #[command(flatten)]
+        gateway: RunningGateway,
+        #[command(subcommand)]
+        command: RootsCommand,
+    },
+    /// Reload the configuration file without dropping sessions it still allows.
+    Reload {
+        #[command(flatten)]
+        gateway: RunningGateway,
+    },
+}
+
+/// How to reach the running gateway's admin socket.
+#[derive(Args)]
+struct RunningGateway {
+    /// The admin socket (default: from --config, else /var/lib/p2sgw/admin.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The gateway's config file, to find its admin socket.
+    #[arg(long, value_name = "FILE", conflicts_with = "socket")]
+    config: Option<PathBuf>,
+}
+
+impl RunningGateway {
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let socket = match (&self.socket, &self.config) {
+            (Some(socket), _) => socket.clone(),
+            (None, Some(file)) => serve::load_config(Some(file))?.admin_socket_path(),
+            (None, None) => p2sgw::config::Config::default().admin_socket_path(),
+        };
+        Ok(AdminClient::new(&socket))
+    }
+}
+
+#[derive(Subcommand)]
+enum RootsCommand {
+    List,
+    /// Trust a root CA (a PEM file with one certificate).
+    Add {
+        file: PathBuf,
+    },
+    /// Stop trusting a root added with `roots add`.
+    Remove {
+        thumbprint: Thumbprint,
     },
 }
 
@@ -152,6 +228,76 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pki { command } => pki(command),
+        Command::Sessions { gateway, json } => {
+            let answer = gateway.client()?.call_json("GET", "/v1/sessions", Vec::new())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print_sessions(&answer);
+            }
+            Ok(())
+        }
+        Command::Disconnect { gateway, id, user } => {
+            let path = match (id, user) {
+                (Some(id), _) => format!("/v1/sessions/{id}"),
+                (None, Some(user)) => format!("/v1/users/{}/sessions", percent_encode(&user)),
+                (None, None) => anyhow::bail!("give a session id or --user"),
+            };
+            let answer = gateway.client()?.call_json("DELETE", &path, Vec::new())?;
+            println!("disconnected sessions {}", answer["disconnected"]);
+            Ok(())
+        }
+        Command::Revoke { gateway, thumbprint, undo } => {
+            let method = if undo { "DELETE" } else { "POST" };
+            let answer = gateway.client()?.call_json(method, &format!("/v1/revocations/{thumbprint}"), Vec::new())?;
+            if undo {
+                println!("{thumbprint} is no longer on the revoked list");
+                if answer["still_revoked_by_crl"] == true {
+                    println!("note: the PKI's CRL still revokes it; issue a new certificate instead");
+                }
+            } else if answer["already_revoked"] == true {
+                println!("{thumbprint} was already revoked");
+            } else {
+                println!("revoked {thumbprint}; sessions cut: {}", answer["sessions_cut"]);
+            }
+            Ok(())
+        }
+        Command::Roots { gateway, command } => {
+            let client = gateway.client()?;
+            match command {
+                RootsCommand::List => {
+                    let answer = client.call_json("GET", "/v1/roots", Vec::new())?;
+                    for root in answer["roots"].as_array().into_iter().flatten() {
+                        let origin = if root["added_by_api"] == true { "added" } else { "config" };
+                        println!(
+                            "{}  {}  until {}  ({origin}: {})",
+                            text(&root["thumbprint"]),
+                            text(&root["subject"]),
+                            text(&root["not_after"]),
+                            text(&root["file"])
+                        );
+                    }
+                }
+                RootsCommand::Add { file } => {
+                    let pem = std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    let answer = client.call_json("POST", "/v1/roots", pem)?;
+                    println!("trusting {} ({})", text(&answer["added"]), text(&answer["subject"]));
+                }
+                RootsCommand::Remove { thumbprint } => {
+                    client.call_json("DELETE", &format!("/v1/roots/{thumbprint}"), Vec::new())?;
+                    println!("no longer trusting {thumbprint}");
+                }
+            }
+            Ok(())
+        }
+        Command::Reload { gateway } => {
+            let answer = gateway.client()?.call_json("POST", "/v1/reload", Vec::new())?;
+            println!("reloaded; changed: {}", answer["applied"]);
+            if answer["restart_needed"].as_array().is_some_and(|a| !a.is_empty()) {
+                println!("these changes take effect after a restart: {}", answer["restart_needed"]);
+            }
+            Ok(())
+        }
         Command::Profile { source, name, out, transport } => {
             let config = source.load()?;
             let text = openvpn_profile(&config, &name, transport)?;
@@ -160,6 +306,44 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn text(value: &serde_json::Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_string)
+}
+
+/// A user name as one URL path segment.
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_sessions(answer: &serde_json::Value) {
+    let sessions = answer["sessions"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:>5}  {:<20} {:<12} {:<11} {:<15} {:<21} {:>8} {:>12} {:>12}",
+        "ID", "USER", "PROTOCOL", "AUTH", "ADDRESS", "FROM", "SECS", "BYTES IN", "BYTES OUT"
+    );
+    for s in &sessions {
+        println!(
+            "{:>5}  {:<20} {:<12} {:<11} {:<15} {:<21} {:>8} {:>12} {:>12}",
+            s["id"],
+            text(&s["user"]),
+            text(&s["protocol"]),
+            text(&s["auth"]),
+            text(&s["virtual_address"]),
+            text(&s["public_address"]),
+            s["connected_secs"],
+            s["bytes_in"],
+            s["bytes_out"]
+        );
+    }
+    println!("{} session(s)", sessions.len());
 }
 
 fn pki(command: PkiCommand) -> anyhow::Result<()> {

@@ -74,7 +74,7 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
     let cpus = sys::allowed_cpus();
     let workers = if config.dataplane.workers == 0 { cpus.len().max(1) } else { config.dataplane.workers };
     let pool = AddressPool::new(config.network.pool);
-    let tun_queues = tun::create(
+    let (tun_device, tun_queues) = tun::create(
         &config.dataplane.tun_name,
         pool.gateway_address(),
         config.network.pool,
@@ -140,8 +140,11 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the control plane")?;
     let result = runtime.block_on(async {
-        let control = ControlPlane::new(config, shared, identity, trust).await?;
-        control.run(events).await
+        let (admin_calls, admin_requests) = tokio::sync::mpsc::channel(64);
+        crate::admin::start(&config, &identity, admin_calls).await?;
+        let control =
+            ControlPlane::new(config, config_path.map(Path::to_path_buf), shared, tun_device, identity, trust).await?;
+        control.run(events, admin_requests).await
     });
     dataplane.shutdown();
     result

@@ -86,6 +86,14 @@ fn files_to_check(config: &Config) -> Vec<FileToCheck> {
             optional: false,
         });
     }
+    if let Some(path) = &config.admin.token_file {
+        files.push(FileToCheck {
+            what: "admin token file",
+            path: path.clone(),
+            keys: vec!["admin.token_file".to_string()],
+            optional: false,
+        });
+    }
     files.extend(token.ca_files.iter().enumerate().map(|(i, path)| FileToCheck {
         what: "token CA file",
         path: path.clone(),

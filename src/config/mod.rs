@@ -46,6 +46,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub radius: RadiusConfig,
     pub token: TokenConfig,
+    pub admin: AdminConfig,
     /// Where each key was written; empty for a configuration built in code. Not part of
     /// the configuration itself: it never affects equality and is never serialized.
     #[serde(skip)]
@@ -348,6 +349,18 @@ pub struct TokenConfig {
     pub min_key_refresh_secs: u32,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin API's Unix socket (root only); default `<state_dir>/admin.sock`.
+    pub socket: Option<PathBuf>,
+    /// Also serve the admin API and `/metrics` over HTTPS on this address, with the
+    /// gateway's server certificate; every request must carry the bearer token.
+    pub tcp: Option<SocketAddr>,
+    /// File holding the bearer token for `tcp` (one line, at least 32 characters).
+    pub token_file: Option<PathBuf>,
+}
+
 impl Default for TokenConfig {
     fn default() -> Self {
         TokenConfig {
@@ -509,13 +522,30 @@ impl Config {
         self.pki.tls_crypt_key.clone().unwrap_or_else(|| self.pki_dir().join("tls-crypt.key"))
     }
 
-    /// Trusted roots: `[pki] trusted_roots`, or `<dir>/ca.crt`.
+    /// Trusted roots: `[pki] trusted_roots` (or `<dir>/ca.crt`), then the roots added
+    /// through the admin API (`<dir>/trusted-roots/*.pem`, by name).
     pub fn trusted_root_paths(&self) -> Vec<PathBuf> {
-        if self.pki.trusted_roots.is_empty() {
+        let mut paths = if self.pki.trusted_roots.is_empty() {
             vec![self.pki_dir().join("ca.crt")]
         } else {
             self.pki.trusted_roots.clone()
-        }
+        };
+        let mut added: Vec<PathBuf> = std::fs::read_dir(self.added_roots_dir())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        added.sort();
+        paths.extend(added);
+        paths
+    }
+
+    /// Where the admin API keeps the roots it adds.
+    pub fn added_roots_dir(&self) -> PathBuf {
+        self.pki_dir().join("trusted-roots")
     }
 
     /// CRL files: `[pki] crl_files` plus `<dir>/crl.pem` (read only if it exists).
@@ -531,6 +561,11 @@ impl Config {
     /// The revoked-thumbprints file `pki revoke` maintains: `<dir>/revoked.txt`.
     pub fn revoked_list_path(&self) -> PathBuf {
         self.pki_dir().join("revoked.txt")
+    }
+
+    /// The admin API's Unix socket: `[admin] socket`, or `<state_dir>/admin.sock`.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin.socket.clone().unwrap_or_else(|| self.gateway.state_dir.join("admin.sock"))
     }
 
     /// The name clients connect to: `[gateway] name`, or this host's name.

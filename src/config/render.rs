@@ -136,6 +136,21 @@ pub(super) fn effective_toml(config: &Config) -> String {
     out.key("allowed_groups", strings(&token.allowed_groups), None);
     out.key("recheck_on_renegotiation", token.recheck_on_renegotiation, None);
     out.key("min_key_refresh_secs", token.min_key_refresh_secs, None);
+
+    let admin = &config.admin;
+    out.section("admin");
+    match &admin.socket {
+        Some(socket) => out.key("socket", path(socket), None),
+        None => out.unset("socket", path(&config.admin_socket_path()), "in the state directory"),
+    }
+    match &admin.tcp {
+        Some(address) => out.key("tcp", string(address), None),
+        None => out.comment("tcp = \"127.0.0.1:9443\"  (unset: no HTTPS admin listener)"),
+    }
+    match &admin.token_file {
+        Some(file) => out.key("token_file", path(file), None),
+        None => out.comment("token_file = \"/etc/p2sgw/admin-token\"  (unset)"),
+    }
     out.text
 }
 

@@ -69,6 +69,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
             "min_key_refresh_secs",
         ],
     ),
+    ("admin", &["socket", "tcp", "token_file"]),
 ];
 
 /// Where a configuration came from and where each of its keys was written.

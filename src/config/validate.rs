@@ -33,7 +33,35 @@ pub(super) fn violations(config: &Config) -> Vec<Problem> {
     check_openvpn(config, &mut problems);
     check_dataplane(config, &mut problems);
     check_auth(config, &mut problems);
+    check_admin(config, &mut problems);
     problems
+}
+
+fn check_admin(config: &Config, problems: &mut Vec<Problem>) {
+    let admin = &config.admin;
+    if let Some(socket) = &admin.socket {
+        check_path_not_empty("admin.socket", socket, problems);
+    }
+    match (&admin.tcp, &admin.token_file) {
+        (Some(_), None) => problems.push(Problem::new(
+            &["admin.tcp", "admin"],
+            "admin.tcp needs admin.token_file: the API is never served over the network without a bearer token"
+                .to_string(),
+        )),
+        (None, Some(_)) => problems.push(Problem::new(
+            &["admin.token_file", "admin"],
+            "admin.token_file is set but admin.tcp is not: the token is only used by the HTTPS listener".to_string(),
+        )),
+        _ => {}
+    }
+    if let Some(tcp) = admin.tcp
+        && config.listen.tcp.iter().any(|l| l.port() == tcp.port() && (l.ip() == tcp.ip() || l.ip().is_unspecified()))
+    {
+        problems.push(Problem::new(
+            &["admin.tcp"],
+            format!("admin.tcp {tcp} is also a tunnel address in listen.tcp; use another port"),
+        ));
+    }
 }
 
 const RADIUS_TIMEOUT_SECS: std::ops::RangeInclusive<u32> = 1..=120;

@@ -9,7 +9,9 @@
 //! token issuer's keys) run as tasks; their outcomes come back to the loop, which
 //! alone owns the pools and the registry.
 
+mod admin;
 pub mod auth;
+mod metrics;
 pub mod pools;
 pub mod radius;
 pub mod tls;
@@ -25,7 +27,9 @@ use anyhow::Context as _;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{error, info, warn};
 
+use crate::admin::AdminCall;
 use crate::config::Config;
+use crate::crypto::AeadAlgorithm;
 use crate::dataplane::counters::{DropReason, WorkerCounters, total_drops};
 use crate::dataplane::table::Traffic;
 use crate::dataplane::{ControlEvent, LocalHandle, Settings, Shared, WorkerCommand};
@@ -74,6 +78,8 @@ enum Verdict {
 
 /// A client being authenticated, and the verdict once known.
 struct Outcome {
+    /// When the worker asked.
+    asked: Instant,
     handle: LocalHandle,
     peer: SocketAddr,
     transport: &'static str,
@@ -97,11 +103,14 @@ struct Accounting {
 
 /// One connected client, as the control plane knows it.
 struct SessionRecord {
+    /// Unique for the life of the process (peer-ids are reused).
+    id: u64,
     handle: LocalHandle,
     peer: SocketAddr,
     transport: &'static str,
     user: String,
     method: &'static str,
+    cipher: AeadAlgorithm,
     thumbprint: Option<Thumbprint>,
     certificate: Option<Vec<u8>>,
     address: Ipv4Addr,
@@ -115,6 +124,13 @@ struct SessionRecord {
 
 pub struct ControlPlane {
     config: Config,
+    /// Where `config` came from (`None`: the embedded defaults); reload reads it again.
+    config_path: Option<std::path::PathBuf>,
+    started: Instant,
+    /// The TUN device, whose addresses follow the pools.
+    tun: tun_rs::SyncDevice,
+    next_session_id: u64,
+    metrics: metrics::Metrics,
     shared: Arc<Shared>,
     server_identity: ServerIdentity,
     trust: TrustStore,
@@ -143,7 +159,9 @@ impl ControlPlane {
     /// runtime (the RADIUS client binds its socket).
     pub async fn new(
         config: Config,
+        config_path: Option<std::path::PathBuf>,
         shared: Arc<Shared>,
+        tun: tun_rs::SyncDevice,
         server_identity: ServerIdentity,
         trust: TrustStore,
     ) -> anyhow::Result<Self> {
@@ -157,6 +175,11 @@ impl ControlPlane {
             free_peer_ids: (0..capacity).rev().collect(),
             pools: Pools::new(config.network.pool, &config.group_pools()),
             config,
+            config_path,
+            started: Instant::now(),
+            tun,
+            next_session_id: 1,
+            metrics: metrics::Metrics::default(),
             shared,
             server_identity,
             trust,
@@ -175,7 +198,11 @@ impl ControlPlane {
     }
 
     /// Runs until SIGINT or SIGTERM.
-    pub async fn run(mut self, mut events: UnboundedReceiver<ControlEvent>) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        mut events: UnboundedReceiver<ControlEvent>,
+        mut admin: tokio::sync::mpsc::Receiver<AdminCall>,
+    ) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -184,23 +211,19 @@ impl ControlPlane {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outcomes = self.outcomes_rx.take().context("the control plane runs once")?;
-        if let Some(tokens) = self.tokens.clone() {
-            // Load the issuer's keys now and refresh them on schedule.
-            tokio::spawn(async move {
-                loop {
-                    tokens.refresh_if_due().await;
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                }
-            });
+        if let Some(tokens) = &self.tokens {
+            spawn_key_refresh(tokens);
         }
         loop {
             tokio::select! {
                 Some(event) = events.recv() => self.on_event(event),
                 Some(outcome) = outcomes.recv() => self.finish(outcome),
                 _ = tick.tick() => self.on_tick(),
+                Some(call) = admin.recv() => self.on_admin(call).await,
                 _ = sighup.recv() => {
-                    info!("SIGHUP: reloading trusted roots, CRLs and revocations");
-                    self.check_trust(true);
+                    info!("SIGHUP: reloading the configuration");
+                    // Refusals are logged by reload itself.
+                    let _ = self.reload().await;
                 }
                 _ = sigusr2.recv() => self.log_statistics(),
                 _ = sigterm.recv() => { info!("SIGTERM: shutting down"); self.log_statistics(); return Ok(()); }
@@ -221,7 +244,8 @@ impl ControlPlane {
     }
 
     fn on_tick(&mut self) {
-        self.check_trust(false);
+        // Failures are logged; the previous material stays in force.
+        let _ = self.check_trust(false);
         let now = Instant::now();
         self.challenges.retain(|_, c| c.expires > now);
         let expired: Vec<u32> = self
@@ -252,7 +276,15 @@ impl ControlPlane {
         transport: &'static str,
         request: Box<AuthRequest>,
     ) {
-        let mut outcome = Outcome { handle, peer, transport, certificate: None, request, verdict: Verdict::Renewed };
+        let mut outcome = Outcome {
+            asked: Instant::now(),
+            handle,
+            peer,
+            transport,
+            certificate: None,
+            request,
+            verdict: Verdict::Renewed,
+        };
         if outcome.request.renegotiation {
             return self.renegotiate(outcome);
         }
@@ -408,7 +440,8 @@ impl ControlPlane {
 
     /// Turns a verdict into the worker's answer.
     fn finish(&mut self, outcome: Outcome) {
-        let Outcome { handle, peer, transport, certificate, request, verdict } = outcome;
+        let Outcome { asked, handle, peer, transport, certificate, request, verdict } = outcome;
+        self.metrics.auth_decided(asked.elapsed(), (!request.renegotiation).then_some(request.handshake_duration));
         let decision = match verdict {
             Verdict::Refuse(refusal) => {
                 *self.refusals.entry(refusal.kind).or_default() += 1;
@@ -522,12 +555,17 @@ impl ControlPlane {
             platform = request.peer_info.platform.as_deref().unwrap_or("unknown"),
             "client connected"
         );
+        self.metrics.admitted(transport, admission.method);
+        let id = self.next_session_id;
+        self.next_session_id += 1;
         let record = SessionRecord {
+            id,
             handle,
             peer,
             transport,
             user: admission.user,
             method: admission.method,
+            cipher: request.cipher,
             thumbprint,
             certificate: certificate.map(|(der, _)| der),
             address,
@@ -693,18 +731,20 @@ impl ControlPlane {
     }
 
     /// Reloads the trust material if its files changed (or `force`), then cuts the
-    /// sessions whose certificates are now revoked.
-    fn check_trust(&mut self, force: bool) {
+    /// sessions whose certificates are now revoked. Fails when the new material cannot
+    /// be loaded (the previous one stays in force).
+    fn check_trust(&mut self, force: bool) -> Result<(), String> {
         let stamp = TrustStore::stamp(&self.config);
         if !force && stamp == self.trust_stamp {
-            return;
+            return Ok(());
         }
         self.trust_stamp = stamp;
         let trust = match TrustStore::load(&self.config) {
             Ok(t) => t,
             Err(e) => {
-                error!(error = %format!("{e:#}"), "trust material changed but cannot be loaded; keeping the previous one");
-                return;
+                let e = format!("{e:#}");
+                error!(error = %e, "trust material changed but cannot be loaded; keeping the previous one");
+                return Err(e);
             }
         };
         match tls::openvpn_settings(&self.config, &trust, &self.server_identity) {
@@ -717,8 +757,9 @@ impl ControlPlane {
                 }));
             }
             Err(e) => {
-                error!(error = %format!("{e:#}"), "cannot build the TLS configuration; keeping the previous one");
-                return;
+                let e = format!("{e:#}");
+                error!(error = %e, "cannot build the TLS configuration; keeping the previous one");
+                return Err(e);
             }
         }
         info!(roots = trust.root_count(), revoked = trust.revoked_count(), "trust material reloaded");
@@ -735,14 +776,51 @@ impl ControlPlane {
         for peer_id in revoked {
             let Some(rec) = self.sessions.get(&peer_id) else { continue };
             warn!(user = %rec.user, thumbprint = ?rec.thumbprint, peer = %rec.peer, "certificate revoked: cutting its session");
-            self.closing.insert(peer_id);
-            self.shared.inboxes[rec.handle.worker].send(WorkerCommand::Close {
-                peer_id,
-                reason: "certificate revoked".into(),
-                notice: Some("AUTH_FAILED,certificate revoked".into()),
-            });
+            self.close_session(peer_id, "certificate revoked", "AUTH_FAILED,certificate revoked");
         }
+        Ok(())
     }
+
+    /// Switches to the pools of `new`: live sessions keep their addresses (reserved in
+    /// the new pools when inside them), and the TUN device gets the gateway address of
+    /// each new pool. Prefixes no pool and no session uses any more leave the device.
+    fn rebuild_pools(&mut self, new: &Config) -> Result<(), String> {
+        let mut pools = Pools::new(new.network.pool, &new.group_pools());
+        let old_nets = self.pools.networks();
+        let new_nets = pools.networks();
+        let added: Vec<_> = new_nets.iter().filter(|n| !old_nets.contains(n)).copied().collect();
+        let unused: Vec<_> = old_nets
+            .iter()
+            .filter(|n| !new_nets.contains(n) && !self.sessions.values().any(|r| n.contains(&r.address)))
+            .copied()
+            .collect();
+        let needed = new_nets.iter().map(|n| 2 * crate::pool::AddressPool::client_capacity(*n) as usize).sum::<usize>();
+        if needed > self.shared.table.capacity() {
+            return Err(format!(
+                "the new pools hold more clients than this process has session slots ({}); restart the gateway to grow them",
+                self.shared.table.capacity() / 2
+            ));
+        }
+        crate::dataplane::tun::set_pool_addresses(&self.tun, &added, &unused).map_err(|e| e.to_string())?;
+        for rec in self.sessions.values() {
+            pools.reserve(rec.address);
+        }
+        self.pools = pools;
+        Ok(())
+    }
+}
+
+/// Loads a token issuer's keys now and refreshes them on schedule, until a reload
+/// replaces the service.
+fn spawn_key_refresh(tokens: &Arc<TokenService>) {
+    let tokens = Arc::downgrade(tokens);
+    tokio::spawn(async move {
+        while let Some(service) = tokens.upgrade() {
+            service.refresh_if_due().await;
+            drop(service);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    });
 }
 
 impl Admission {

@@ -60,6 +60,17 @@ impl Pools {
         std::iter::once(&mut self.default).chain(self.by_group.iter_mut().map(|(_, p)| p)).find(|p| p.contains(address))
     }
 
+    /// Marks `address` taken (a live session's, carried over a reload); false when it
+    /// lies in no pool or is taken already.
+    pub fn reserve(&mut self, address: Ipv4Addr) -> bool {
+        self.pool_mut(address).is_some_and(|p| !p.is_allocated(address) && p.allocate(Some(address)) == Some(address))
+    }
+
+    /// The prefixes of every pool.
+    pub fn networks(&self) -> Vec<Ipv4Net> {
+        self.all().map(AddressPool::network).collect()
+    }
+
     pub fn in_use(&self) -> u32 {
         self.all().map(AddressPool::in_use).sum()
     }
@@ -107,6 +118,17 @@ mod tests {
         assert!(p.release(framed));
         assert!(p.is_free(framed));
         assert!(!p.release(framed), "never freed twice");
+    }
+
+    #[test]
+    fn reserve_carries_live_addresses_into_new_pools() {
+        let mut p = pools();
+        let live = Ipv4Addr::new(172, 16, 201, 9);
+        assert!(p.reserve(live));
+        assert!(!p.reserve(live), "taken already");
+        assert!(!p.reserve(Ipv4Addr::new(10, 0, 0, 9)), "in no pool");
+        assert_eq!(p.allocate(&[], Some(live), None), Ok(Ipv4Addr::new(172, 16, 201, 2)));
+        assert_eq!(p.networks().len(), 3);
     }
 
     #[test]

@@ -71,10 +71,12 @@ impl DropReason {
 #[derive(Default)]
 pub struct WorkerCounters {
     drops: [AtomicU64; DropReason::ALL.len()],
-    /// Packets from clients written to the TUN.
+    /// Packets from clients written to the TUN, and their bytes (inner IP packets).
     pub to_tun: AtomicU64,
-    /// Packets from the TUN sent to clients.
+    pub to_tun_bytes: AtomicU64,
+    /// Packets from the TUN sent to clients, and their bytes (inner IP packets).
     pub from_tun: AtomicU64,
+    pub from_tun_bytes: AtomicU64,
     /// TUN packets for a TCP session handed to the worker that owns it.
     pub handoffs: AtomicU64,
     /// Completions processed per ring wait, summed (with `batches`, the mean batch).
@@ -85,6 +87,16 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     pub fn drop(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn wrote_to_tun(&self, bytes: usize) {
+        self.to_tun.fetch_add(1, Ordering::Relaxed);
+        self.to_tun_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn sent_from_tun(&self, bytes: usize) {
+        self.from_tun.fetch_add(1, Ordering::Relaxed);
+        self.from_tun_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub fn drops(&self, reason: DropReason) -> u64 {

@@ -431,7 +431,7 @@ impl Worker {
             0,
             b,
         )));
-        self.counters().to_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters().wrote_to_tun(end - start);
     }
 
     /// A packet read from the TUN, at `bufs[b][HEADROOM..HEADROOM + len]`.
@@ -452,7 +452,7 @@ impl Worker {
             Transport::Udp { listener, peer, local } => match self.seal_into(session, b, len) {
                 Ok((start, end)) => {
                     self.send_udp(listener, peer, local, b, start, end);
-                    self.counters().from_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters().sent_from_tun(len);
                 }
                 Err(reason) => {
                     self.bufs.release(b);
@@ -530,7 +530,7 @@ impl Worker {
         match self.seal_into(&session, b, len) {
             Ok((start, end)) => {
                 self.queue_tcp_from_buffer(conn, b, start, end);
-                self.counters().from_tun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.counters().sent_from_tun(len);
             }
             Err(reason) => {
                 self.bufs.release(b);

@@ -558,6 +558,40 @@ fn decode_hex(hex: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
+/// Lists `thumbprint` in the revoked-list file at `path` (for certificates of any
+/// issuer); false when it was listed already.
+pub fn list_revoked_thumbprint(path: &Path, thumbprint: Thumbprint, label: &str) -> Result<bool> {
+    if load_revoked_list(path)?.contains(&thumbprint) {
+        return Ok(false);
+    }
+    append_revoked_line(path, thumbprint, label, now_utc())?;
+    Ok(true)
+}
+
+/// Takes `thumbprint` off the revoked-list file at `path`; false when it was not listed.
+pub fn unlist_revoked_thumbprint(path: &Path, thumbprint: Thumbprint) -> Result<bool> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut removed = false;
+    for line in text.lines() {
+        let value = line.split('#').next().unwrap_or("").trim();
+        if !value.is_empty() && value.parse::<Thumbprint>().is_ok_and(|t| t == thumbprint) {
+            removed = true;
+        } else {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    if removed {
+        write_atomically(path, kept.as_bytes(), PUBLIC_FILE_MODE)?;
+    }
+    Ok(removed)
+}
+
 fn append_revoked_line(path: &Path, thumbprint: Thumbprint, label: &str, now: OffsetDateTime) -> Result<()> {
     let mut text = match fs::read_to_string(path) {
         Ok(text) => text,

@@ -73,6 +73,8 @@ pub struct AuthRequest {
     pub cipher: AeadAlgorithm,
     /// A renegotiation of an accepted session (the grant of the first decision stands).
     pub renegotiation: bool,
+    /// From the start of this key's negotiation to this request (TLS and key method).
+    pub handshake_duration: Duration,
 }
 
 #[derive(Debug)]
@@ -153,6 +155,8 @@ struct KeyState {
     phase: Phase,
     keys: Option<Arc<DataKey>>,
     installed: bool,
+    /// When its negotiation began (the resets were exchanged, or a SOFT_RESET).
+    started: Instant,
     /// When this key started sending, if it has.
     active_since: Option<Instant>,
     retire_at: Option<Instant>,
@@ -211,7 +215,7 @@ impl ServerSession {
             local_sid,
             remote_sid,
             wrap,
-            keys: vec![KeyState::new(chan)],
+            keys: vec![KeyState::new(chan, now)],
             send_key: None,
             client: None,
             auth: Auth::Pending,
@@ -334,7 +338,7 @@ impl ServerSession {
             rustls::ServerConnection::new(self.settings.tls.clone()).map_err(|e| SessionError::Tls(e.to_string()))?;
         let mut chan = KeyChannel::new_with_timing(key_id, tls.into(), self.settings.reliable, now);
         chan.reliable.send(Opcode::SoftResetV1, Vec::new());
-        self.keys.push(KeyState::new(chan));
+        self.keys.push(KeyState::new(chan, now));
         debug!(key_id, "renegotiation started");
         Ok(self.keys.len() - 1)
     }
@@ -465,6 +469,7 @@ impl ServerSession {
             client_cert: client.cert.clone(),
             cipher,
             renegotiation: !first,
+            handshake_duration: now.saturating_duration_since(ks.started),
         }));
     }
 
@@ -741,7 +746,15 @@ impl ServerSession {
 }
 
 impl KeyState {
-    fn new(chan: KeyChannel) -> Self {
-        KeyState { chan, phase: Phase::Negotiating, keys: None, installed: false, active_since: None, retire_at: None }
+    fn new(chan: KeyChannel, now: Instant) -> Self {
+        KeyState {
+            chan,
+            phase: Phase::Negotiating,
+            keys: None,
+            installed: false,
+            started: now,
+            active_since: None,
+            retire_at: None,
+        }
     }
 }

@@ -1,0 +1,145 @@
+//! Prometheus metrics for `/metrics` on the admin listener (OpenMetrics text).
+//!
+//! The data plane counts in its own per-worker atomics and the control plane owns its
+//! tallies; a scrape reads both into a fresh registry, so nothing on the packet path
+//! knows about Prometheus.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::ControlPlane;
+use crate::dataplane::counters::{DropReason, total_drops};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// What the control plane tallies between scrapes.
+pub struct Metrics {
+    /// Sessions admitted, by (protocol, authentication method).
+    admitted: BTreeMap<(&'static str, &'static str), u64>,
+    /// From a client's first handshake packet to its authentication request.
+    handshake: Histogram,
+    /// From the authentication request to the decision (RADIUS and token checks wait here).
+    auth: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            admitted: BTreeMap::new(),
+            // 1 ms to ~16 s.
+            handshake: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            // 50 µs to ~6.5 s: a local decision takes microseconds, RADIUS milliseconds.
+            auth: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn admitted(&mut self, transport: &'static str, method: &'static str) {
+        *self.admitted.entry((transport, method)).or_default() += 1;
+    }
+
+    pub fn auth_decided(&mut self, decision_time: Duration, first_handshake: Option<Duration>) {
+        self.auth.observe(decision_time.as_secs_f64());
+        if let Some(handshake) = first_handshake {
+            self.handshake.observe(handshake.as_secs_f64());
+        }
+    }
+}
+
+/// The OpenMetrics text of everything the gateway counts.
+pub fn render(plane: &ControlPlane) -> String {
+    let mut registry = Registry::with_prefix("p2sgw");
+
+    let sessions = Family::<Labels, Gauge>::default();
+    let mut by_kind: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+    for rec in plane.sessions.values() {
+        *by_kind.entry((format!("openvpn-{}", rec.transport), rec.method)).or_default() += 1;
+    }
+    for ((protocol, auth), n) in by_kind {
+        sessions.get_or_create(&vec![("protocol", protocol), ("auth", auth.to_string())]).set(n);
+    }
+    registry.register("sessions", "Established sessions", sessions);
+
+    let handshakes = Family::<Labels, Counter>::default();
+    for (&(transport, method), &n) in &plane.metrics.admitted {
+        handshakes
+            .get_or_create(&vec![("protocol", format!("openvpn-{transport}")), ("auth", method.into())])
+            .inc_by(n);
+    }
+    registry.register("handshakes", "Clients admitted (handshake and authentication passed)", handshakes);
+
+    let failures = Family::<Labels, Counter>::default();
+    for (&reason, &n) in &plane.refusals {
+        failures.get_or_create(&vec![("reason", reason.to_string())]).inc_by(n);
+    }
+    registry.register("auth_failures", "Clients refused, by reason", failures);
+    registry.register(
+        "handshake_duration_seconds",
+        "Time from a client's first handshake packet to its authentication request",
+        plane.metrics.handshake.clone(),
+    );
+    registry.register(
+        "auth_duration_seconds",
+        "Time to decide an authentication request (includes RADIUS and token checks)",
+        plane.metrics.auth.clone(),
+    );
+
+    let workers = &plane.shared.counters;
+    let sum = |f: fn(&crate::dataplane::counters::WorkerCounters) -> &std::sync::atomic::AtomicU64| {
+        workers.iter().map(|w| f(w).load(Ordering::Relaxed)).sum::<u64>()
+    };
+    let bytes = Family::<Labels, Counter>::default();
+    bytes.get_or_create(&vec![("direction", "from_clients".into())]).inc_by(sum(|w| &w.to_tun_bytes));
+    bytes.get_or_create(&vec![("direction", "to_clients".into())]).inc_by(sum(|w| &w.from_tun_bytes));
+    registry.register("tunnel_bytes", "Bytes of IP packets carried through the tunnels", bytes);
+
+    let drops = Family::<Labels, Counter>::default();
+    for reason in DropReason::ALL {
+        drops.get_or_create(&vec![("reason", reason.name().into())]).inc_by(total_drops(workers, reason));
+    }
+    registry.register("drops", "Packets dropped, by reason", drops);
+
+    let packets = Family::<Labels, Counter>::default();
+    let batches = Family::<Labels, Counter>::default();
+    let completions = Family::<Labels, Counter>::default();
+    let handoffs = Family::<Labels, Counter>::default();
+    for (index, w) in workers.iter().enumerate() {
+        let worker = || ("worker", index.to_string());
+        packets
+            .get_or_create(&vec![worker(), ("direction", "from_clients".into())])
+            .inc_by(w.to_tun.load(Ordering::Relaxed));
+        packets
+            .get_or_create(&vec![worker(), ("direction", "to_clients".into())])
+            .inc_by(w.from_tun.load(Ordering::Relaxed));
+        batches.get_or_create(&vec![worker()]).inc_by(w.batches.load(Ordering::Relaxed));
+        completions.get_or_create(&vec![worker()]).inc_by(w.completions.load(Ordering::Relaxed));
+        handoffs.get_or_create(&vec![worker()]).inc_by(w.handoffs.load(Ordering::Relaxed));
+    }
+    registry.register("worker_packets", "Tunnel packets moved by each worker", packets);
+    registry.register("worker_batches", "io_uring completion batches each worker processed", batches);
+    registry.register(
+        "worker_completions",
+        "io_uring completions each worker processed (divided by batches: the mean batch size)",
+        completions,
+    );
+    registry.register("worker_handoffs", "Packets a worker handed to the worker owning their session", handoffs);
+
+    let pool = Family::<Labels, Gauge>::default();
+    pool.get_or_create(&vec![("state", "in_use".into())]).set(i64::from(plane.pools.in_use()));
+    pool.get_or_create(&vec![("state", "free".into())])
+        .set(i64::from(plane.pools.capacity()) - i64::from(plane.pools.in_use()));
+    registry.register("pool_addresses", "Client addresses of the pools", pool);
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
