@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use p2sgw::admin::client::AdminClient;
 use p2sgw::config::DEFAULT_STATE_DIR;
+use p2sgw::package::{client_package, record_package_settings};
 use p2sgw::pki::{KeyAlgorithm, Pki, RevokeTarget, Thumbprint, write_atomically};
 use p2sgw::profile::{ProfileTransport, openvpn_profile};
 use p2sgw::serve;
@@ -51,6 +52,17 @@ enum Command {
         /// Transports in the profile: both (UDP first, then TCP), udp or tcp.
         #[arg(long, default_value = "both")]
         transport: ProfileTransport,
+    },
+    /// Write a client configuration package (zip): settings, root CA, OpenVPN profile and,
+    /// with token sign-in, an identity-provider profile.
+    ClientPackage {
+        #[command(flatten)]
+        source: ConfigSource,
+        /// Put this client's certificate and key in the OpenVPN profile (placeholders otherwise).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_name = "FILE.zip")]
+        out: PathBuf,
     },
     /// List the connected clients (from the running gateway).
     Sessions {
@@ -228,6 +240,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pki { command } => pki(command),
+        Command::ClientPackage { source, name, out } => {
+            let config = source.load()?;
+            let zip = client_package(&config, name.as_deref())?;
+            // A named package holds a private key.
+            write_atomically(&out, &zip, if name.is_some() { 0o600 } else { 0o644 })?;
+            if let Err(e) = record_package_settings(&config) {
+                eprintln!(
+                    "note: cannot record the package's settings (the gateway will not warn when they change): {e:#}"
+                );
+            }
+            println!("wrote {} ({} bytes)", out.display(), zip.len());
+            Ok(())
+        }
         Command::Sessions { gateway, json } => {
             let answer = gateway.client()?.call_json("GET", "/v1/sessions", Vec::new())?;
             if json {
@@ -300,7 +325,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Profile { source, name, out, transport } => {
             let config = source.load()?;
-            let text = openvpn_profile(&config, &name, transport)?;
+            let text = openvpn_profile(&config, Some(&name), transport)?;
             write_atomically(&out, text.as_bytes(), 0o600)?;
             println!("wrote {} (use it with: openvpn --config {})", out.display(), out.display());
             Ok(())

@@ -59,18 +59,31 @@ struct Remote {
     exit_notify: bool,
 }
 
+/// Placeholders a user (or a deployment tool) replaces with a client certificate and
+/// key, as in the Azure VPN client packages.
+pub const CERTIFICATE_PLACEHOLDER: &str = "$CLIENTCERTIFICATE";
+pub const PRIVATE_KEY_PLACEHOLDER: &str = "$PRIVATEKEY";
+
 /// An OpenVPN 2.6 client profile for `client_name`, usable as-is with
 /// `openvpn --config FILE.ovpn`. It carries the client's certificate and key when it
 /// was issued one (required when every `[auth] require` combination needs one), and
-/// asks for a username and password when a combination uses them.
-pub fn openvpn_profile(config: &Config, client_name: &str, transport: ProfileTransport) -> Result<String> {
+/// asks for a username and password when a combination uses them. Without a name it
+/// is a template: certificate and key are placeholders (when certificates are used).
+pub fn openvpn_profile(config: &Config, client_name: Option<&str>, transport: ProfileTransport) -> Result<String> {
     let remotes = remotes(config, transport)?;
     let pki = Pki::open(&config.pki_dir())?;
-    let identity = match pki.client_credentials(client_name) {
-        Ok(client) => Some(client_certificate(&client, client_name)?),
-        Err(e) if config.client_certificate_required() => return Err(e),
-        Err(_) => None,
+    let identity = match client_name {
+        Some(name) => match pki.client_credentials(name) {
+            Ok(client) => Some(client_certificate(&client, name)?),
+            Err(e) if config.client_certificate_required() => return Err(e),
+            Err(_) => None,
+        },
+        None => config
+            .auth
+            .uses(|r| r.certificate)
+            .then(|| (CERTIFICATE_PLACEHOLDER.to_string(), PRIVATE_KEY_PLACEHOLDER.to_string())),
     };
+    let client_name = client_name.unwrap_or("any user");
 
     let server_cert_path = config.server_cert_path();
     let server_leaf = load_certs(&server_cert_path)?.swap_remove(0);
@@ -288,7 +301,7 @@ mod tests {
     #[test]
     fn both_transports_profile_has_udp_then_tcp_and_inline_material() {
         let (tmp, config, issued) = setup("profile-both");
-        let profile = openvpn_profile(&config, "alice", ProfileTransport::Both).unwrap();
+        let profile = openvpn_profile(&config, Some("alice"), ProfileTransport::Both).unwrap();
         assert!(profile.starts_with(&format!("# OpenVPN client profile for \"alice\", gateway {GATEWAY}\n")));
         assert_eq!(
             option_lines(&profile),
@@ -329,17 +342,17 @@ mod tests {
     fn single_transport_profiles_use_plain_remote_lines() {
         let (_tmp, mut config, _) = setup("profile-single");
         config.listen.udp = vec!["0.0.0.0:51194".parse().unwrap()];
-        let udp = openvpn_profile(&config, "alice", ProfileTransport::Udp).unwrap();
+        let udp = openvpn_profile(&config, Some("alice"), ProfileTransport::Udp).unwrap();
         let lines = option_lines(&udp);
         assert_eq!(lines[8..], ["proto udp", &format!("remote {GATEWAY} 51194"), "explicit-exit-notify 1"]);
 
-        let tcp = openvpn_profile(&config, "alice", ProfileTransport::Tcp).unwrap();
+        let tcp = openvpn_profile(&config, Some("alice"), ProfileTransport::Tcp).unwrap();
         assert_eq!(option_lines(&tcp)[8..], ["proto tcp-client", &format!("remote {GATEWAY} 443")]);
 
         config.listen.tcp.clear();
-        let err = openvpn_profile(&config, "alice", ProfileTransport::Tcp).unwrap_err().to_string();
+        let err = openvpn_profile(&config, Some("alice"), ProfileTransport::Tcp).unwrap_err().to_string();
         assert!(err.contains("TCP is disabled"), "{err}");
-        let only_udp = openvpn_profile(&config, "alice", ProfileTransport::Both).unwrap();
+        let only_udp = openvpn_profile(&config, Some("alice"), ProfileTransport::Both).unwrap();
         assert!(!only_udp.contains("<connection>"));
         assert!(option_lines(&only_udp).contains(&"proto udp"));
     }
@@ -349,7 +362,7 @@ mod tests {
         let (_tmp, mut config, _) = setup("profile-settings");
         config.openvpn.data_ciphers = vec![crate::crypto::AeadAlgorithm::ChaCha20Poly1305];
         config.openvpn.tls_crypt = false;
-        let profile = openvpn_profile(&config, "alice", ProfileTransport::Both).unwrap();
+        let profile = openvpn_profile(&config, Some("alice"), ProfileTransport::Both).unwrap();
         assert!(option_lines(&profile).contains(&"data-ciphers CHACHA20-POLY1305"));
         assert!(!profile.contains("<tls-crypt>"));
     }
@@ -360,7 +373,7 @@ mod tests {
         let other = TempDir::new("profile-roots-other");
         Pki::init(other.path(), "other.example.net", KeyAlgorithm::EcdsaP256).unwrap();
         config.pki.trusted_roots = vec![tmp.path().join("ca.crt"), other.path().join("ca.crt")];
-        let profile = openvpn_profile(&config, "alice", ProfileTransport::Udp).unwrap();
+        let profile = openvpn_profile(&config, Some("alice"), ProfileTransport::Udp).unwrap();
         let ca = CertificateDer::pem_slice_iter(inline_block(&profile, "ca").as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -372,10 +385,10 @@ mod tests {
     #[test]
     fn profile_refuses_unknown_and_revoked_clients() {
         let (tmp, config, _) = setup("profile-refuse");
-        let err = openvpn_profile(&config, "bob", ProfileTransport::Both).unwrap_err().to_string();
+        let err = openvpn_profile(&config, Some("bob"), ProfileTransport::Both).unwrap_err().to_string();
         assert!(err.contains("no client certificate named \"bob\""), "{err}");
         Pki::open(tmp.path()).unwrap().revoke(RevokeTarget::Name("alice".into())).unwrap();
-        let err = openvpn_profile(&config, "alice", ProfileTransport::Both).unwrap_err().to_string();
+        let err = openvpn_profile(&config, Some("alice"), ProfileTransport::Both).unwrap_err().to_string();
         assert!(err.contains("was revoked"), "{err}");
     }
 

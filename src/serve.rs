@@ -58,6 +58,9 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
         pki_dir.display()
     );
 
+    if let Some(warning) = crate::package::stale_package_warning(&config) {
+        warn!("{warning}");
+    }
     let trust = TrustStore::load(&config)?;
     let identity = ServerIdentity::load(&config)?;
     let tls_crypt = if config.openvpn.tls_crypt {

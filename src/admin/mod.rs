@@ -130,7 +130,9 @@ fn router(calls: mpsc::Sender<AdminCall>) -> Router {
         .route("/v1/revocations/{thumbprint}", post(revoke).delete(unrevoke))
         .route("/v1/reload", post(|s: State<_>| ask(s, AdminRequest::Reload)))
         .route("/metrics", get(|s: State<_>| ask(s, AdminRequest::Metrics)))
-        .fallback(|| async { error_response(AdminError::not_found("no such endpoint; see docs/admin-api.openapi.json")) })
+        .fallback(|| async {
+            error_response(AdminError::not_found("no such endpoint; see docs/admin-api.openapi.json"))
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(calls)
 }

@@ -339,10 +339,8 @@ impl ControlPlane {
             self.rebuild_pools(&new).map_err(refuse)?;
         }
         let applied = changed_sections(&self.config, &new);
-        if new.network != self.config.network || new.auth != self.config.auth || new.openvpn != self.config.openvpn {
-            warn!(
-                "the tunnel or authentication settings changed: regenerate the client packages (p2sgw client-package)"
-            );
+        if let Some(warning) = crate::package::stale_package_warning(&new) {
+            warn!("{warning}");
         }
         // From here on nothing can fail: switch everything at once.
         self.shared.settings.store(Arc::new(Settings {

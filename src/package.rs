@@ -1,0 +1,340 @@
+//! Client configuration packages: one zip with what every kind of client needs, in the
+//! layout Azure VPN users know (`Generic/`, `OpenVPN/`, `AzureVPN/`).
+//!
+//! Only the tunnel types the gateway speaks are included: the OpenVPN protocol today.
+//! The IKEv2 profiles (strongSwan, macOS, Windows) join when the gateway speaks IKEv2.
+
+use std::io::{Cursor, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use quick_xml::Writer;
+use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
+use rustls::pki_types::CertificateDer;
+use zip::write::SimpleFileOptions;
+
+use crate::config::Config;
+use crate::pki::{Thumbprint, load_certs, subject_common_name};
+use crate::profile::{ProfileTransport, openvpn_profile};
+
+/// Where the fingerprint of the settings the last package was made for is kept.
+const STAMP_FILE: &str = "client-package.stamp";
+
+/// The package as zip bytes. With `name`, the OpenVPN profile carries that client's
+/// certificate and key; otherwise placeholders.
+pub fn client_package(config: &Config, name: Option<&str>) -> Result<Vec<u8>> {
+    let root = server_root(config)?;
+    let settings = vpn_settings_xml(config, &root)?;
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let mut add = |path: &str, bytes: &[u8]| -> Result<()> {
+        zip.start_file(path, options).with_context(|| format!("zip: {path}"))?;
+        zip.write_all(bytes).with_context(|| format!("zip: {path}"))
+    };
+    add("README.txt", readme(config, name).as_bytes())?;
+    add("Generic/VpnSettings.xml", settings.as_bytes())?;
+    add("Generic/VpnServerRoot.cer", root.as_ref())?;
+    add("OpenVPN/vpnconfig.ovpn", openvpn_profile(config, name, ProfileTransport::Both)?.as_bytes())?;
+    if config.auth.uses(|r| r.token) {
+        add("AzureVPN/azurevpnconfig.xml", azure_vpn_xml(config, &root)?.as_bytes())?;
+    }
+    let cursor = zip.finish().context("zip")?;
+    Ok(cursor.into_inner())
+}
+
+/// Records that packages now match `config` (called after writing one).
+pub fn record_package_settings(config: &Config) -> Result<()> {
+    let path = stamp_path(config);
+    crate::pki::write_atomically(&path, settings_fingerprint(config)?.as_bytes(), 0o644)
+}
+
+/// When packages were made for other settings than `config`'s, a sentence saying so.
+pub fn stale_package_warning(config: &Config) -> Option<String> {
+    let recorded = std::fs::read_to_string(stamp_path(config)).ok()?;
+    let current = settings_fingerprint(config).ok()?;
+    (recorded.trim() != current).then(|| {
+        "the gateway's address, tunnels, routes, DNS or authentication changed since the client packages were \
+         made: regenerate them (p2sgw client-package) and hand them out again"
+            .to_string()
+    })
+}
+
+fn stamp_path(config: &Config) -> PathBuf {
+    config.gateway.state_dir.join(STAMP_FILE)
+}
+
+/// A digest of what the packages say that does not depend on the user.
+fn settings_fingerprint(config: &Config) -> Result<String> {
+    let root = server_root(config)?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, vpn_settings_xml(config, &root)?.as_bytes());
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The root CA that issued the gateway's certificate: the last certificate of the
+/// server's chain file when it is self-issued, else the PKI's CA.
+fn server_root(config: &Config) -> Result<CertificateDer<'static>> {
+    let chain = load_certs(&config.server_cert_path())?;
+    if chain.len() > 1
+        && let Some(last) = chain.last()
+        && let Ok((_, cert)) = x509_parser::parse_x509_certificate(last)
+        && cert.subject() == cert.issuer()
+    {
+        return Ok(last.clone());
+    }
+    let ca: PathBuf = config.pki_dir().join("ca.crt");
+    load_certs(&ca)?.into_iter().next().with_context(|| format!("{} holds no certificate", ca.display()))
+}
+
+fn vpn_settings_xml(config: &Config, root: &CertificateDer<'_>) -> Result<String> {
+    let server_name = server_name(&config.server_cert_path())?;
+    let mut x = Xml::new();
+    x.open("VpnProfile");
+    x.leaf("VpnServer", &config.gateway_name());
+    x.leaf("VpnType", "OpenVPN");
+    x.open("Transports");
+    for udp in &config.listen.udp {
+        x.leaf("Udp", &udp.port().to_string());
+    }
+    for tcp in &config.listen.tcp {
+        x.leaf("Tcp", &tcp.port().to_string());
+    }
+    x.close("Transports");
+    x.leaf("ServerName", &server_name);
+    x.leaf("ServerCertRootThumbprint", &Thumbprint::of_der(root).to_string());
+    x.open("Routes");
+    if config.network.full_tunnel {
+        x.leaf("Route", "0.0.0.0/0");
+    }
+    for route in &config.network.routes {
+        x.leaf("Route", &route.to_string());
+    }
+    x.close("Routes");
+    x.open("DnsServers");
+    for dns in &config.network.dns_servers {
+        x.leaf("DnsServer", &dns.to_string());
+    }
+    x.close("DnsServers");
+    x.open("DnsSuffixes");
+    for suffix in &config.network.dns_search {
+        x.leaf("DnsSuffix", suffix);
+    }
+    x.close("DnsSuffixes");
+    x.leaf("VpnClientAddressPool", &config.network.pool.to_string());
+    x.open("AuthenticationTypes");
+    for requirement in &config.auth.require {
+        x.leaf("AuthenticationType", &requirement.to_string());
+    }
+    x.close("AuthenticationTypes");
+    x.open("DataCiphers");
+    for cipher in &config.openvpn.data_ciphers {
+        x.leaf("DataCipher", cipher.openvpn_name());
+    }
+    x.close("DataCiphers");
+    x.close("VpnProfile");
+    Ok(x.finish())
+}
+
+/// An `azurevpnconfig.xml`-style profile for token (Entra ID) sign-in.
+fn azure_vpn_xml(config: &Config, root: &CertificateDer<'_>) -> Result<String> {
+    let token = &config.token;
+    let mut x = Xml::new();
+    x.open_with("AzVpnProfile", &[("xmlns", "http://schemas.datacontract.org/2004/07/")]);
+    x.open("clientauth");
+    x.open("aad");
+    x.leaf("audience", token.audiences.first().map_or("", String::as_str));
+    x.leaf("cachesigninuser", "true");
+    x.leaf("issuer", token.issuers.first().map_or("", String::as_str));
+    if let Some(tenant) = &token.tenant {
+        x.leaf("tenant", &format!("https://login.microsoftonline.com/{tenant}"));
+    }
+    x.close("aad");
+    x.leaf("type", "aad");
+    x.close("clientauth");
+    x.leaf("name", &config.gateway_name());
+    x.open("protocolconfig");
+    x.open("sslprotocolConfig");
+    x.leaf("transportprotocol", if config.listen.udp.is_empty() { "tcp" } else { "udp" });
+    x.close("sslprotocolConfig");
+    x.close("protocolconfig");
+    x.open("serverlist");
+    x.open("ServerEntry");
+    x.leaf("fqdn", &config.gateway_name());
+    x.close("ServerEntry");
+    x.close("serverlist");
+    x.open("servervalidation");
+    x.open("cert");
+    x.leaf("hash", &Thumbprint::of_der(root).to_string());
+    x.close("cert");
+    x.leaf("type", "cert");
+    x.close("servervalidation");
+    x.leaf("version", "1");
+    x.close("AzVpnProfile");
+    Ok(x.finish())
+}
+
+fn server_name(cert_path: &Path) -> Result<String> {
+    let leaf = load_certs(cert_path)?.swap_remove(0);
+    subject_common_name(&leaf).with_context(|| format!("server certificate {}", cert_path.display()))
+}
+
+fn readme(config: &Config, name: Option<&str>) -> String {
+    let holder = match name {
+        Some(name) => format!(
+            "for {name}. OpenVPN/vpnconfig.ovpn holds {name}'s certificate and private key: hand it to {name} only."
+        ),
+        None => format!(
+            "for any user. Where OpenVPN/vpnconfig.ovpn says {} and {}, paste the user's certificate and key (PEM).",
+            crate::profile::CERTIFICATE_PLACEHOLDER,
+            crate::profile::PRIVATE_KEY_PLACEHOLDER
+        ),
+    };
+    let mut text = format!(
+        "VPN client package for {gateway}, {holder}\n\n\
+         Generic/VpnSettings.xml     the gateway's address, tunnels, routes, DNS and sign-in methods\n\
+         Generic/VpnServerRoot.cer   the root CA of the gateway's certificate (thumbprint in VpnSettings.xml)\n\
+         OpenVPN/vpnconfig.ovpn      for OpenVPN 2.6 and OpenVPN Connect: openvpn --config vpnconfig.ovpn\n",
+        gateway = config.gateway_name()
+    );
+    if config.auth.uses(|r| r.token) {
+        text.push_str(
+            "AzureVPN/azurevpnconfig.xml identity-provider sign-in settings (issuer, audience, tenant) in the\n\
+             \x20                           Azure VPN Client's profile layout\n",
+        );
+    }
+    text.push_str("\nRegenerate this package whenever the gateway's tunnels, routes, DNS or sign-in methods change.\n");
+    text
+}
+
+/// A small XML writer: elements and text, indented, over quick-xml.
+struct Xml {
+    writer: Writer<Vec<u8>>,
+}
+
+impl Xml {
+    fn new() -> Self {
+        let mut writer = Writer::new_with_indent(Vec::new(), b' ', 2);
+        writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None))).expect("writing to memory");
+        Xml { writer }
+    }
+
+    fn open(&mut self, name: &str) {
+        self.open_with(name, &[]);
+    }
+
+    fn open_with(&mut self, name: &str, attributes: &[(&str, &str)]) {
+        let mut start = BytesStart::new(name);
+        for attribute in attributes {
+            start.push_attribute(*attribute);
+        }
+        self.writer.write_event(Event::Start(start)).expect("writing to memory");
+    }
+
+    fn close(&mut self, name: &str) {
+        self.writer.write_event(Event::End(BytesEnd::new(name))).expect("writing to memory");
+    }
+
+    fn leaf(&mut self, name: &str, text: &str) {
+        self.open(name);
+        self.writer.write_event(Event::Text(BytesText::new(text))).expect("writing to memory");
+        self.close(name);
+    }
+
+    fn finish(self) -> String {
+        let mut text = String::from_utf8(self.writer.into_inner()).expect("quick-xml writes UTF-8");
+        text.push('\n');
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+    use crate::pki::test_support::{TempDir, config_for};
+    use crate::pki::{KeyAlgorithm, Pki};
+
+    fn setup(label: &str) -> (TempDir, Config) {
+        let tmp = TempDir::new(label);
+        Pki::init(tmp.path(), crate::pki::test_support::GATEWAY, KeyAlgorithm::EcdsaP256).unwrap();
+        Pki::open(tmp.path()).unwrap().issue("alice", 30).unwrap();
+        let mut config = config_for(tmp.path());
+        config.gateway.state_dir = tmp.path().to_path_buf();
+        config.network.routes = vec!["10.1.0.0/16".parse().unwrap()];
+        config.network.dns_servers = vec!["10.1.0.4".parse().unwrap()];
+        config.network.dns_search = vec!["corp.example".into()];
+        (tmp, config)
+    }
+
+    fn files(zip_bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut archive = zip::ZipArchive::new(Cursor::new(zip_bytes)).unwrap();
+        (0..archive.len())
+            .map(|i| {
+                let mut file = archive.by_index(i).unwrap();
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes).unwrap();
+                (file.name().to_string(), bytes)
+            })
+            .collect()
+    }
+
+    fn text_of<'a>(files: &'a [(String, Vec<u8>)], name: &str) -> &'a str {
+        let (_, bytes) = files.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no {name}"));
+        std::str::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_named_package_carries_the_users_credentials_and_the_settings() {
+        let (_tmp, config) = setup("package-named");
+        let files = files(&client_package(&config, Some("alice")).unwrap());
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["README.txt", "Generic/VpnSettings.xml", "Generic/VpnServerRoot.cer", "OpenVPN/vpnconfig.ovpn"]
+        );
+        let ovpn = text_of(&files, "OpenVPN/vpnconfig.ovpn");
+        assert!(ovpn.contains("<cert>\n-----BEGIN CERTIFICATE-----") && ovpn.contains("<key>\n-----BEGIN"), "{ovpn}");
+        let settings = text_of(&files, "Generic/VpnSettings.xml");
+        let root = &files.iter().find(|(n, _)| n == "Generic/VpnServerRoot.cer").unwrap().1;
+        for expected in [
+            "<Route>10.1.0.0/16</Route>".to_string(),
+            "<DnsServer>10.1.0.4</DnsServer>".to_string(),
+            "<DnsSuffix>corp.example</DnsSuffix>".to_string(),
+            format!("<ServerCertRootThumbprint>{}</ServerCertRootThumbprint>", Thumbprint::of_der(root)),
+            "<Udp>1194</Udp>".to_string(),
+            "<Tcp>443</Tcp>".to_string(),
+        ] {
+            assert!(settings.contains(&expected), "{expected} in\n{settings}");
+        }
+        // The .cer is the root itself (DER), the one the PKI made.
+        assert_eq!(root.as_slice(), load_certs(&config.pki_dir().join("ca.crt")).unwrap()[0].as_ref());
+    }
+
+    #[test]
+    fn an_anonymous_package_has_placeholders_and_tokens_add_the_identity_provider_profile() {
+        let (_tmp, mut config) = setup("package-template");
+        config.auth.require = vec!["certificate".parse().unwrap(), "token".parse().unwrap()];
+        config.token.issuers = vec!["https://sts.windows.net/tenant-1/".into()];
+        config.token.audiences = vec!["api://vpn".into()];
+        config.token.tenant = Some("tenant-1".into());
+        let files = files(&client_package(&config, None).unwrap());
+        let ovpn = text_of(&files, "OpenVPN/vpnconfig.ovpn");
+        assert!(ovpn.contains("<cert>\n$CLIENTCERTIFICATE\n</cert>") && ovpn.contains("<key>\n$PRIVATEKEY\n</key>"));
+        let azure = text_of(&files, "AzureVPN/azurevpnconfig.xml");
+        assert!(
+            azure.contains("<audience>api://vpn</audience>")
+                && azure.contains("<issuer>https://sts.windows.net/tenant-1/</issuer>")
+        );
+        assert!(text_of(&files, "Generic/VpnSettings.xml").contains("<AuthenticationType>token</AuthenticationType>"));
+    }
+
+    #[test]
+    fn a_settings_change_makes_recorded_packages_stale() {
+        let (_tmp, mut config) = setup("package-stamp");
+        assert_eq!(stale_package_warning(&config), None, "no package made yet");
+        record_package_settings(&config).unwrap();
+        assert_eq!(stale_package_warning(&config), None);
+        config.network.routes.push("10.2.0.0/16".parse().unwrap());
+        assert!(stale_package_warning(&config).unwrap().contains("regenerate"));
+    }
+}
