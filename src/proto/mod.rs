@@ -2,5 +2,6 @@
 //! send, the next time it wants to be woken, and events. None owns a socket, a thread
 //! or a clock.
 
+pub mod esp;
 pub mod openvpn;
 pub mod radius;
