@@ -184,6 +184,181 @@ pub fn esp_port_4500(data: &[u8]) {
     }
 }
 
+/// The password of the fuzzing driver's only user.
+const FUZZ_PASSWORD: &str = "password";
+
+/// The fuzzing driver's MS-CHAPv2 check: a real one, so that the test client accepts it.
+fn fuzz_ms_chap_v2(request: &crate::proto::ppp::MsChapV2Verify) -> crate::proto::ppp::AuthVerdict {
+    use crate::crypto::mschapv2;
+    use crate::proto::ppp::AuthVerdict;
+    let hash = mschapv2::nt_password_hash(FUZZ_PASSWORD);
+    let (user, peer, authenticator) =
+        (request.user.as_bytes(), &request.peer_challenge, &request.authenticator_challenge);
+    if !mschapv2::verify_nt_response(&hash, authenticator, peer, user, &request.nt_response) {
+        return AuthVerdict::Failure { message: None };
+    }
+    AuthVerdict::Success {
+        authenticator_response: mschapv2::generate_authenticator_response(
+            &hash,
+            &request.nt_response,
+            peer,
+            authenticator,
+            user,
+        ),
+        keys: mschapv2::mppe_keys(&hash, &request.nt_response).into(),
+    }
+}
+
+fn fuzz_network() -> crate::proto::ppp::NetworkConfig {
+    crate::proto::ppp::NetworkConfig {
+        local: [10, 0, 0, 1].into(),
+        peer: [10, 0, 0, 2].into(),
+        primary_dns: Some([10, 0, 0, 53].into()),
+        secondary_dns: None,
+    }
+}
+
+fn fuzz_cert_hashes() -> crate::proto::sstp::CertHashes {
+    crate::proto::sstp::CertHashes { sha1: [1; 20], sha256: [2; 32] }
+}
+
+/// Plays the gateway's driver for one batch of SSTP events.
+fn drive_sstp_server(server: &mut crate::proto::sstp::SstpServer, now: Instant) {
+    use crate::proto::ppp::{EapResult, SessionKeys};
+    use crate::proto::sstp::Event;
+    while let Some(event) = server.poll_event() {
+        match event {
+            Event::VerifyMsChapV2(request) => server.answer_ms_chap_v2(now, fuzz_ms_chap_v2(&request)),
+            Event::EapFromPeer(_) => {
+                server.eap_result(now, EapResult::Success { keys: SessionKeys::None, packet: None })
+            }
+            Event::Authenticated { .. } => server.assign_network(now, fuzz_network()),
+            Event::TunnelPacket(packet) => {
+                let _ = server.send_ip(&packet);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A gateway SSTP connection that the test client brought up to established.
+fn established_sstp_server(now: Instant) -> crate::proto::sstp::SstpServer {
+    use crate::proto::sstp::client::{SstpClient, SstpClientConfig};
+    use crate::proto::sstp::{SstpServer, SstpSettings};
+    let mut server = SstpServer::new(SstpSettings::new(fuzz_cert_hashes()), now);
+    let mut client = SstpClient::new(SstpClientConfig {
+        host: "fuzz.test".into(),
+        user: "user".into(),
+        password: FUZZ_PASSWORD.into(),
+        server_cert_hashes: fuzz_cert_hashes(),
+        call_connected_early: true,
+    });
+    for _ in 0..20 {
+        if let Some(bytes) = client.poll_transmit() {
+            server.handle_input(now, &bytes);
+        }
+        drive_sstp_server(&mut server, now);
+        if let Some(bytes) = server.poll_transmit() {
+            client.handle_input(&bytes);
+        }
+        while client.poll_event().is_some() {}
+    }
+    assert!(server.is_established(), "the test client connects");
+    server
+}
+
+/// The gateway's SSTP connection fed a client's byte stream (inside TLS), in chunks
+/// whose sizes come from the input (a chunk size of 0xff also moves the clock 30 s),
+/// with a driver that checks MS-CHAPv2 for real, accepts every EAP exchange and assigns
+/// an address. An odd first byte starts from a connection the test client already
+/// established (the stream then holds SSTP packets only), so that the fuzzer reaches
+/// everything past the random challenge and nonce.
+pub fn sstp_server_stream(data: &[u8]) {
+    use crate::proto::sstp::{SstpServer, SstpSettings};
+    let Some((&mode, mut rest)) = data.split_first() else { return };
+    let mut now = Instant::now();
+    let mut server = if mode & 1 == 1 {
+        established_sstp_server(now)
+    } else {
+        let mut settings = SstpSettings::new(fuzz_cert_hashes());
+        settings.allow_sha1 = true;
+        SstpServer::new(settings, now)
+    };
+    while let Some((&chunk, tail)) = rest.split_first() {
+        let take = usize::from(chunk).max(1).min(tail.len());
+        server.handle_input(now, &tail[..take]);
+        rest = &tail[take..];
+        drive_sstp_server(&mut server, now);
+        let _ = server.poll_transmit();
+        if chunk == 0xff {
+            now += std::time::Duration::from_secs(30);
+            server.handle_timeout(now);
+        }
+    }
+}
+
+/// The test client fed a gateway's byte stream: it is used against real gateways in
+/// load tests, so it must not crash either.
+pub fn sstp_client_stream(data: &[u8]) {
+    use crate::proto::sstp::client::{SstpClient, SstpClientConfig};
+    let mut client = SstpClient::new(SstpClientConfig {
+        host: "fuzz.test".into(),
+        user: "user".into(),
+        password: FUZZ_PASSWORD.into(),
+        server_cert_hashes: fuzz_cert_hashes(),
+        call_connected_early: true,
+    });
+    for chunk in data.chunks(97) {
+        client.handle_input(chunk);
+        while client.poll_event().is_some() {}
+        let _ = client.poll_transmit();
+    }
+}
+
+/// PPP frames (each preceded by a 2-byte length) given to the gateway's PPP link. The
+/// first byte picks the start: bit 0 EAP instead of MS-CHAPv2, bit 1 a link the test
+/// client already brought up (MS-CHAPv2, IPCP open).
+pub fn ppp_frames(data: &[u8]) {
+    use crate::proto::ppp::client::{ClientConfig, PppClient};
+    use crate::proto::ppp::{AuthMethod, Event, PppServer, ServerConfig};
+    let Some((&mode, mut rest)) = data.split_first() else { return };
+    let now = Instant::now();
+    let auth = if mode & 1 == 1 && mode & 2 == 0 { AuthMethod::Eap } else { AuthMethod::MsChapV2 };
+    let mut server = PppServer::new(ServerConfig { auth, ..ServerConfig::default() }, now);
+    let drive = |server: &mut PppServer| {
+        while let Some(event) = server.poll_event() {
+            match event {
+                Event::VerifyMsChapV2(request) => server.answer_ms_chap_v2(now, fuzz_ms_chap_v2(&request)),
+                Event::EapFromPeer(packet) => {
+                    let _ = server.eap_to_peer(&packet);
+                }
+                Event::Authenticated { .. } => server.assign_network(now, fuzz_network()),
+                _ => {}
+            }
+        }
+    };
+    if mode & 2 == 2 {
+        let mut client = PppClient::new(ClientConfig { user: "user".into(), password: FUZZ_PASSWORD.into() });
+        for _ in 0..20 {
+            while let Some(frame) = client.poll_frame() {
+                let _ = server.handle_frame(now, &frame);
+            }
+            drive(&mut server);
+            while let Some(frame) = server.poll_frame() {
+                let _ = client.handle_frame(&frame);
+            }
+        }
+        assert!(server.is_ip_up(), "the test client brings the link up");
+    }
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let _ = server.handle_frame(now, &rest[2..2 + len]);
+        rest = &rest[2 + len..];
+        drive(&mut server);
+        while server.poll_frame().is_some() {}
+    }
+}
+
 /// The config file parser (not peer input, but operator input that must never crash).
 pub fn config_text(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
@@ -295,5 +470,100 @@ mod tests {
         // A well-framed packet one byte longer than a buffer (it once crashed a worker).
         let oversized: Vec<u8> = [0x08, 0x01].into_iter().chain(std::iter::repeat_n(0x20, 0x0801)).collect();
         mutations(&[&stream, &oversized], 2000, tcp_stream);
+    }
+
+    /// Real SSTP and PPP traffic from the cores' own encoders.
+    fn sstp_seeds() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+        use crate::proto::ppp::packet::{code, control_frame, frame, protocol};
+        use crate::proto::sstp::binding::{CertHashes, HashProtocol, call_connected};
+        use crate::proto::sstp::http;
+        use crate::proto::sstp::packet::{MessageType, attribute, control, push_data};
+        let lcp_request = [1, 4, 0x0f, 0xfb, 5, 6, 1, 2, 3, 4, 13, 3, 6];
+        let mut chap_response = vec![49];
+        chap_response.extend_from_slice(&[7; 49]);
+        chap_response.extend_from_slice(b"user");
+        let ppp = [
+            control_frame(protocol::LCP, code::CONFIGURE_REQUEST, 1, &lcp_request),
+            control_frame(
+                protocol::LCP,
+                code::CONFIGURE_ACK,
+                1,
+                &[1, 4, 5, 0xdc, 3, 5, 0xc2, 0x23, 0x81, 5, 6, 0, 0, 0, 1],
+            ),
+            control_frame(protocol::CHAP, 2, 0, &chap_response),
+            control_frame(protocol::IPCP, code::CONFIGURE_REQUEST, 1, &[3, 6, 0, 0, 0, 0, 129, 6, 0, 0, 0, 0]),
+            control_frame(protocol::IPV6CP, code::CONFIGURE_REQUEST, 1, &[1, 10, 0, 0, 0, 0, 0, 0, 0, 1]),
+            control_frame(protocol::LCP, code::ECHO_REQUEST, 9, &[0, 0, 0, 1]),
+            frame(protocol::IPV4, &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]),
+            control_frame(protocol::LCP, code::TERMINATE_REQUEST, 2, &[]),
+        ];
+        let mut stream = http::client_request("fuzz.test", "1");
+        stream.extend_from_slice(&control(
+            MessageType::CallConnectRequest,
+            &[(attribute::ENCAPSULATED_PROTOCOL_ID, &[0, 1])],
+        ));
+        for f in &ppp[..3] {
+            push_data(&mut stream, f);
+        }
+        let hashes = CertHashes { sha1: [1; 20], sha256: [2; 32] };
+        stream.extend_from_slice(&call_connected(HashProtocol::Sha256, &[0; 32], &hashes, &[0; 32]));
+        let mut after_handshake = Vec::new();
+        for f in &ppp[3..] {
+            push_data(&mut after_handshake, f);
+        }
+        after_handshake.extend_from_slice(&control(MessageType::EchoRequest, &[]));
+        after_handshake.extend_from_slice(&control(MessageType::CallDisconnect, &[]));
+        stream.extend_from_slice(&after_handshake);
+        // The server format: a mode byte, then chunks each led by its length.
+        let chunked = |mode: u8, stream: &[u8]| {
+            let mut out = vec![mode];
+            for chunk in stream.chunks(200) {
+                out.push(chunk.len() as u8);
+                out.extend_from_slice(chunk);
+            }
+            out
+        };
+        let mut frames = vec![0];
+        for f in &ppp {
+            frames.extend_from_slice(&(f.len() as u16).to_be_bytes());
+            frames.extend_from_slice(f);
+        }
+        let mut gateway = http::ok_response();
+        let mut binding_request = vec![0, 0, 0, 3];
+        binding_request.extend_from_slice(&[5; 32]);
+        gateway.extend_from_slice(&control(
+            MessageType::CallConnectAck,
+            &[(attribute::CRYPTO_BINDING_REQ, &binding_request)],
+        ));
+        push_data(
+            &mut gateway,
+            &control_frame(protocol::LCP, code::CONFIGURE_REQUEST, 1, &[1, 4, 5, 0xdc, 3, 5, 0xc2, 0x23, 0x81]),
+        );
+        let mut challenge = vec![16];
+        challenge.extend_from_slice(&[3; 16]);
+        challenge.extend_from_slice(b"gw");
+        push_data(&mut gateway, &control_frame(protocol::CHAP, 1, 4, &challenge));
+        push_data(
+            &mut gateway,
+            &control_frame(protocol::CHAP, 3, 4, b"S=0000000000000000000000000000000000000000 M=ok"),
+        );
+        push_data(&mut gateway, &control_frame(protocol::IPCP, code::CONFIGURE_NAK, 1, &[3, 6, 10, 0, 0, 2]));
+        gateway.extend_from_slice(&control(MessageType::EchoRequest, &[]));
+        gateway.extend_from_slice(&control(MessageType::CallDisconnect, &[]));
+        (chunked(0, &stream), chunked(1, &after_handshake), frames, gateway)
+    }
+
+    #[test]
+    fn sstp_and_ppp_survive_mutated_streams() {
+        let (server_stream, established, frames, gateway_stream) = sstp_seeds();
+        mutations(&[&server_stream], 1000, sstp_server_stream);
+        mutations(&[&established], 300, sstp_server_stream);
+        let mut eap_frames = frames.clone();
+        eap_frames[0] = 1;
+        let mut up_frames = frames.clone();
+        up_frames[0] = 2;
+        mutations(&[&frames, &eap_frames], 2000, ppp_frames);
+        mutations(&[&up_frames], 300, ppp_frames);
+        mutations(&[&gateway_stream], 2000, sstp_client_stream);
     }
 }

@@ -69,6 +69,9 @@ fn schema_table_matches_serde() {
     config.token.tenant = Some("t".into());
     config.token.jwks_file = Some("/j".into());
     config.token.jwks_uri = Some("https://j".into());
+    config.admin.socket = Some("/s".into());
+    config.admin.tcp = Some("127.0.0.1:9443".parse().unwrap());
+    config.admin.token_file = Some("/a".into());
     let serialized: toml::Table = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
     let serde_keys: BTreeSet<String> = serialized
         .iter()

@@ -4,4 +4,6 @@
 
 pub mod esp;
 pub mod openvpn;
+pub mod ppp;
 pub mod radius;
+pub mod sstp;
