@@ -221,3 +221,69 @@ fn reload_adds_a_route_keeps_sessions_flowing_and_refuses_a_bad_config() {
     let alice = connect(&topo, 0, &gw.profile("alice", "udp"));
     assert!(alice.log_text().contains("route 10.60.0.0 255.255.255.0"), "the new route is pushed");
 }
+
+#[test]
+fn the_client_package_is_used_as_is() {
+    let topo = Topology::new(1);
+    let gw = Gateway::start(&topo, GatewayOptions::default());
+    gw.issue("alice");
+    let zip = topo.temp_dir().join("alice.zip");
+    let out = cli(&gw, &["client-package", "--name", "alice", "--out", path(&zip)]);
+    assert!(out.contains("wrote"), "{out}");
+    let unpacked = topo.temp_dir().join("alice-package");
+    let unzip = Command::new("/usr/bin/python3")
+        .args(["-m", "zipfile", "-e", path(&zip), path(&unpacked)])
+        .output()
+        .expect("run python3 -m zipfile");
+    assert!(unzip.status.success(), "{}", String::from_utf8_lossy(&unzip.stderr));
+
+    // The OpenVPN profile connects as it is.
+    let client = connect(&topo, 0, &unpacked.join("OpenVPN/vpnconfig.ovpn"));
+    let p = ping(topo.client(0), VNET_HOST_ADDR, 3, Duration::from_millis(100));
+    assert!(p.all_received(), "{}", p.output);
+    drop(client);
+
+    // The settings parse as XML and say what the gateway pushes; the root is the PKI's CA.
+    let settings = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as ET\nr = ET.parse(sys.argv[1]).getroot()\n\
+             print(r.tag, r.findtext('VpnServer'), [e.text for e in r.iter('Route')], [e.text for e in r.iter('DnsServer')], r.findtext('ServerCertRootThumbprint'))",
+            path(&unpacked.join("Generic/VpnSettings.xml")),
+        ])
+        .output()
+        .expect("run python3");
+    let parsed = String::from_utf8_lossy(&settings.stdout);
+    assert!(settings.status.success(), "{}", String::from_utf8_lossy(&settings.stderr));
+    assert!(parsed.starts_with(&format!("VpnProfile {GATEWAY_NAME} ['10.50.0.0/24'] ['10.50.0.53']")), "{parsed}");
+    let der = std::fs::read(unpacked.join("Generic/VpnServerRoot.cer")).unwrap();
+    let fingerprint = Command::new("openssl")
+        .args([
+            "x509",
+            "-inform",
+            "DER",
+            "-noout",
+            "-fingerprint",
+            "-sha1",
+            "-in",
+            path(&unpacked.join("Generic/VpnServerRoot.cer")),
+        ])
+        .output()
+        .expect("run openssl");
+    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout).to_uppercase().replace(':', "");
+    assert!(
+        !der.is_empty() && fingerprint.contains(parsed.split_whitespace().last().unwrap()),
+        "{fingerprint} / {parsed}"
+    );
+
+    // The running gateway says nothing about stale packages until the settings change.
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        config.replace(r#"dns_servers = ["10.50.0.53"]"#, r#"dns_servers = ["10.50.0.54"]"#),
+    )
+    .unwrap();
+    assert!(!gw.log().contains("regenerate them"));
+    cli(&gw, &["reload"]);
+    gw.wait_for_line(&["client packages were made", "regenerate them"], Duration::from_secs(5)).unwrap();
+}
