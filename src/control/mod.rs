@@ -11,6 +11,7 @@
 
 mod admin;
 pub mod auth;
+mod leases;
 mod metrics;
 pub mod pools;
 pub mod radius;
@@ -40,6 +41,7 @@ use crate::proto::radius::{
     AccessReply, AccessRequest, AccountingRequest, AcctStatusType, SessionUsage, TerminateCause, azure_policy_id_text,
 };
 use auth::{Check, Password, Refusal, choose, dynamic_challenge};
+use leases::Leases;
 use pools::Pools;
 use radius::RadiusService;
 use token::TokenService;
@@ -143,8 +145,8 @@ pub struct ControlPlane {
     closing: HashSet<u32>,
     /// Which session holds each address (a reconnect inherits its predecessor's).
     address_owner: HashMap<Ipv4Addr, u32>,
-    /// The address each certificate last had, offered again when free.
-    last_address: HashMap<Thumbprint, Ipv4Addr>,
+    /// The address each client last had, offered again when free (also after a restart).
+    leases: Leases,
     radius: Option<RadiusService>,
     tokens: Option<Arc<TokenService>>,
     challenges: HashMap<String, PendingChallenge>,
@@ -169,6 +171,7 @@ impl ControlPlane {
             if config.radius.servers.is_empty() { None } else { Some(RadiusService::start(&config.radius).await?) };
         let tokens = if config.auth.uses(|r| r.token) { Some(TokenService::new(&config.token)?) } else { None };
         let capacity = shared.table.capacity() as u32;
+        let leases = Leases::load(&config.gateway.state_dir);
         let (outcomes, outcomes_rx) = unbounded_channel();
         Ok(ControlPlane {
             trust_stamp: TrustStore::stamp(&config),
@@ -187,7 +190,7 @@ impl ControlPlane {
             by_thumbprint: HashMap::new(),
             closing: HashSet::new(),
             address_owner: HashMap::new(),
-            last_address: HashMap::new(),
+            leases,
             radius,
             tokens,
             challenges: HashMap::new(),
@@ -226,10 +229,13 @@ impl ControlPlane {
                     let _ = self.reload().await;
                 }
                 _ = sigusr2.recv() => self.log_statistics(),
-                _ = sigterm.recv() => { info!("SIGTERM: shutting down"); self.log_statistics(); return Ok(()); }
-                _ = sigint.recv() => { info!("SIGINT: shutting down"); self.log_statistics(); return Ok(()); }
+                _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+                _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             }
         }
+        self.log_statistics();
+        self.leases.save_if_changed();
+        Ok(())
     }
 
     fn on_event(&mut self, event: ControlEvent) {
@@ -265,6 +271,7 @@ impl ControlPlane {
             });
         }
         self.send_interim_updates(now);
+        self.leases.save_if_changed();
     }
 
     // ---- authentication -------------------------------------------------------------
@@ -492,6 +499,8 @@ impl ControlPlane {
             return refuse(self, "no_slot", "the gateway has no free session slot");
         };
         let thumbprint = certificate.as_ref().map(|(_, id)| id.thumbprint);
+        let lease_key =
+            leases::client_key(thumbprint.map(|t| t.to_string()).as_deref(), admission.method, &admission.user);
         // The same certificate connecting again replaces its old session and keeps its
         // address. (Users with passwords or tokens may have several devices connected.)
         let previous =
@@ -499,7 +508,7 @@ impl ControlPlane {
         let address = match previous.and_then(|id| self.sessions.get(&id)) {
             Some(rec) => rec.address,
             None => {
-                let preferred = thumbprint.and_then(|t| self.last_address.get(&t).copied());
+                let preferred = self.leases.get(&lease_key);
                 match self.pools.allocate(&admission.groups, admission.framed_ip, preferred) {
                     Ok(a) => a,
                     Err(reason) => {
@@ -523,8 +532,8 @@ impl ControlPlane {
             self.stop_accounting(&rec, None, TerminateCause::UserRequest);
         }
         self.address_owner.insert(address, peer_id);
+        self.leases.set(lease_key, address);
         if let Some(t) = thumbprint {
-            self.last_address.insert(t, address);
             self.by_thumbprint.insert(t, peer_id);
         }
         let now = Instant::now();
