@@ -23,3 +23,4 @@ pub mod proto;
 pub mod serve;
 #[cfg(test)]
 mod test_rng;
+pub mod tune;

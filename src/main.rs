@@ -64,6 +64,12 @@ enum Command {
         #[arg(long, value_name = "FILE.zip")]
         out: PathBuf,
     },
+    /// Compare this host's sysctls with p2sgw's tuning profile and say what each difference costs.
+    Tune {
+        /// Only check (the one mode there is: the profile is applied with sysctl, see tuning/).
+        #[arg(long, required = true)]
+        check: bool,
+    },
     /// List the connected clients (from the running gateway).
     Sessions {
         #[command(flatten)]
@@ -253,6 +259,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             println!("wrote {} ({} bytes)", out.display(), zip.len());
             Ok(())
+        }
+        Command::Tune { check: _ } => {
+            let settings = p2sgw::tune::parse_profile(p2sgw::tune::PROFILE).map_err(anyhow::Error::msg)?;
+            let differences = p2sgw::tune::differences(&settings, p2sgw::tune::read_sysctl);
+            print!("{}", p2sgw::tune::report(&differences, settings.len()));
+            if differences.is_empty() { Ok(()) } else { anyhow::bail!("{} sysctl settings differ", differences.len()) }
         }
         Command::Sessions { gateway, json } => {
             let answer = gateway.client()?.call_json("GET", "/v1/sessions", Vec::new())?;

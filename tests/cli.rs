@@ -110,3 +110,32 @@ fn check_config_prints_the_effective_configuration() {
         assert!(printed.contains(needle), "effective config lacks {needle:?}:\n{printed}");
     }
 }
+
+#[test]
+fn the_systemd_unit_verifies() {
+    // The unit names the installed binary; verify a copy that names the one just built.
+    let dir = TestDir::new();
+    let unit = include_str!("../systemd/p2sgw.service").replace("/usr/local/bin/p2sgw", P2SGW);
+    let unit_path = dir.path().join("p2sgw.service");
+    std::fs::write(&unit_path, unit).unwrap();
+    let out = Command::new("systemd-analyze").args(["verify", path(&unit_path)]).output().expect("run systemd-analyze");
+    // Its only complaint may be the documentation file, absent before `make install`-style packaging.
+    let complaints: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("/usr/share/doc/p2sgw"))
+        .map(str::to_string)
+        .collect();
+    assert!(out.status.success() && complaints.is_empty(), "systemd-analyze verify: {complaints:?}");
+}
+
+#[test]
+fn tune_check_reports_differences_with_their_reasons() {
+    let out = run(&["tune", "--check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        assert!(text.starts_with("all ") && text.contains("are in force"), "{text}");
+    } else {
+        assert!(stderr(&out).contains("sysctl settings differ"), "{}", stderr(&out));
+        assert!(text.contains("(profile: ") && text.contains("Apply: cp tuning/99-p2sgw.conf"), "{text}");
+    }
+}
