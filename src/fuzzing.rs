@@ -241,6 +241,33 @@ fn drive_sstp_server(server: &mut crate::proto::sstp::SstpServer, now: Instant) 
     }
 }
 
+/// IKEv2 messages: the header and payload chain, a chain as found inside SK payloads
+/// (first byte = first payload type), and SK payload opening with fixed keys for each
+/// kind of cipher (AEAD and CBC + HMAC).
+pub fn ike_message(data: &[u8]) {
+    use crate::proto::ike::crypto::{EncrAlgorithm, IkeSuite, IntegAlgorithm, PrfAlgorithm, SkCipher, derive_ike_keys};
+    use crate::proto::ike::message::{Message, Payload, parse_chain};
+    let parsed = Message::parse(data);
+    if let Some((&first, rest)) = data.split_first() {
+        let _ = parse_chain(first, rest, 0);
+    }
+    let Ok(message) = parsed else { return };
+    let Some(Payload::Encrypted(encrypted)) = message.payloads.last() else { return };
+    for suite in [
+        IkeSuite { encr: EncrAlgorithm::AesGcm16_256, integ: None, prf: PrfAlgorithm::HmacSha256 },
+        IkeSuite {
+            encr: EncrAlgorithm::AesCbc128,
+            integ: Some(IntegAlgorithm::HmacSha256_128),
+            prf: PrfAlgorithm::HmacSha256,
+        },
+    ] {
+        let keys = derive_ike_keys(suite, &[1; 32], &[2; 32], &[3; 32], &[4; 8], &[5; 8]);
+        if let Ok(inner) = SkCipher::new(suite, &keys, false).open(data, encrypted.iv_offset) {
+            let _ = parse_chain(encrypted.first_inner, &inner, 0);
+        }
+    }
+}
+
 /// A gateway SSTP connection that the test client brought up to established.
 fn established_sstp_server(now: Instant) -> crate::proto::sstp::SstpServer {
     use crate::proto::sstp::client::{SstpClient, SstpClientConfig};
@@ -359,6 +386,59 @@ pub fn ppp_frames(data: &[u8]) {
     }
 }
 
+/// The IKEv2 responder fed a sequence of datagrams (each preceded by a 2-byte length):
+/// IKE_SA_INIT handling (proposal choice, KE, cookies, NAT detection), and messages for
+/// existing and unknown SAs, with timeouts in between.
+pub fn ike_responder(data: &[u8]) {
+    use crate::proto::ike::responder::Responder;
+    let mut responder = Responder::new(ike_settings());
+    let start = Instant::now();
+    let local: SocketAddr = ([192, 0, 2, 1], 500).into();
+    let remote: SocketAddr = ([198, 51, 100, 7], 500).into();
+    let mut rest = data;
+    let mut step = 0;
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let datagram = &rest[2..2 + len];
+        rest = &rest[2 + len..];
+        let now = start + std::time::Duration::from_secs(step);
+        step += 7;
+        let _ = responder.handle_datagram(now, local, remote, datagram);
+        responder.handle_timeout(now);
+        while responder.poll_transmit().is_some() {}
+        while responder.poll_event().is_some() {}
+    }
+}
+
+fn ike_settings() -> Arc<crate::proto::ike::responder::ResponderConfig> {
+    use crate::proto::ike::responder::{Credential, PeerVerifier, ResponderConfig};
+    struct RefuseAll;
+    impl PeerVerifier for RefuseAll {
+        fn verify_chain(&self, _: &[Vec<u8>]) -> Result<(), String> {
+            Err("fuzzing".into())
+        }
+        fn certreq_hashes(&self) -> Vec<[u8; 20]> {
+            vec![[7; 20]]
+        }
+    }
+    static SETTINGS: OnceLock<Arc<ResponderConfig>> = OnceLock::new();
+    SETTINGS
+        .get_or_init(|| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+            let cert = rcgen::CertificateParams::new(vec!["fuzz.test".into()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("certificate");
+            let credential = Credential::new(vec![cert.der().to_vec()], &key.serialize_der()).expect("credential");
+            let mut config = ResponderConfig::new(Arc::new(credential), Arc::new(RefuseAll));
+            config.algorithms.dh_groups.push(crate::crypto::dh::DhGroup::Modp1024);
+            config.cookie_threshold = 2;
+            config.eap = true;
+            Arc::new(config)
+        })
+        .clone()
+}
+
 /// The config file parser (not peer input, but operator input that must never crash).
 pub fn config_text(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
@@ -436,6 +516,61 @@ mod tests {
         mutations(&[accept], 3000, radius_reply);
         let token = b"eyJhbGciOiJFUzI1NiIsImtpZCI6IjEifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0LyIsImF1ZCI6ImFwaTovL3ZwbiIsImV4cCI6MTkwMDAwMDAwMH0.c2lnbmF0dXJl";
         mutations(&[token], 3000, access_token);
+    }
+
+    /// A real IKE_SA_INIT request (built with the codec) and an encrypted message.
+    fn ike_seeds() -> (Vec<u8>, Vec<u8>) {
+        use crate::crypto::dh::{DhGroup, KeyExchange};
+        use crate::proto::ike::message::{Header, Message, Notify, Payload, Proposal, Transform, notify};
+        let ke = KeyExchange::generate(DhGroup::Ecp256).expect("key");
+        let header = Header {
+            spi_i: [1; 8],
+            spi_r: [0; 8],
+            next_payload: 0,
+            exchange: 34,
+            flags: 0x08,
+            message_id: 0,
+            length: 0,
+        };
+        let init = Message {
+            header,
+            payloads: vec![
+                Payload::Sa(vec![Proposal {
+                    number: 1,
+                    protocol: 1,
+                    spi: vec![],
+                    transforms: vec![
+                        Transform::new(1, 20, Some(256)),
+                        Transform::new(2, 5, None),
+                        Transform::new(4, 19, None),
+                    ],
+                }]),
+                Payload::Ke { group: 19, data: ke.public_value().to_vec() },
+                Payload::Nonce(vec![9; 32]),
+                Payload::Notify(Notify::new(notify::NAT_DETECTION_SOURCE_IP, vec![0; 20])),
+                Payload::Notify(Notify::new(notify::IKEV2_FRAGMENTATION_SUPPORTED, vec![])),
+            ],
+        }
+        .encode();
+        use crate::proto::ike::crypto::{EncrAlgorithm, IkeSuite, PrfAlgorithm, SkCipher, derive_ike_keys};
+        let suite = IkeSuite { encr: EncrAlgorithm::AesGcm16_256, integ: None, prf: PrfAlgorithm::HmacSha256 };
+        let keys = derive_ike_keys(suite, &[1; 32], &[2; 32], &[3; 32], &[4; 8], &[5; 8]);
+        let (first, inner) = crate::proto::ike::message::encode_chain(&[Payload::Nonce(vec![1; 16])]);
+        let auth = Header { spi_r: [2; 8], exchange: 35, message_id: 1, ..header };
+        let sealed = SkCipher::new(suite, &keys, true).seal(auth, first, None, &inner).expect("seal");
+        (init, sealed)
+    }
+
+    #[test]
+    fn ike_parsers_survive_mutated_messages() {
+        let (init, sealed) = ike_seeds();
+        mutations(&[&init, &sealed], 3000, ike_message);
+        let mut stream = Vec::new();
+        for p in [&init, &init, &sealed] {
+            stream.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            stream.extend_from_slice(p);
+        }
+        mutations(&[&stream], 500, ike_responder);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! windows and legacy PRFs. Protocols say *what* they derive; this module says *how*.
 
 pub mod aead;
+pub mod dh;
 pub mod mschapv2;
 pub mod prf;
 pub mod replay;

@@ -3,6 +3,7 @@
 //! or a clock.
 
 pub mod esp;
+pub mod ike;
 pub mod openvpn;
 pub mod ppp;
 pub mod radius;
