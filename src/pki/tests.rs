@@ -442,6 +442,35 @@ fn handshake_accepts_good_clients_and_refuses_revoked_or_foreign_ones() {
 }
 
 #[test]
+fn chains_outside_tls_get_the_same_verdicts() {
+    let tmp = TempDir::new("pki-chain");
+    let dir = tmp.path();
+    Pki::init(dir, GATEWAY, KeyAlgorithm::EcdsaP256).unwrap();
+    let mut pki = Pki::open(dir).unwrap();
+    let alice = pki.issue("alice", 30).unwrap();
+    let bob = pki.issue("bob", 30).unwrap();
+    let config = config_for(dir);
+    let der = |issued: &IssuedClient| vec![first_cert(&issued.cert_path).to_vec()];
+    let now = std::time::SystemTime::now();
+
+    let store = TrustStore::load(&config).unwrap();
+    assert_eq!(store.root_certificates().len(), 1);
+    store.verify_client_chain(&der(&alice), now).unwrap();
+    pki.revoke(RevokeTarget::Name("bob".into())).unwrap();
+    let store = TrustStore::load(&config).unwrap();
+    let error = store.verify_client_chain(&der(&bob), now).unwrap_err().to_string();
+    assert!(error.contains("Revoked"), "{error}");
+    let expired = now + std::time::Duration::from_secs(40 * 86_400);
+    let error = store.verify_client_chain(&der(&alice), expired).unwrap_err().to_string();
+    assert!(error.contains("expired"), "{error}");
+    let other = TempDir::new("pki-chain-other");
+    Pki::init(other.path(), "other.example.net", KeyAlgorithm::EcdsaP256).unwrap();
+    let stranger = Pki::open(other.path()).unwrap().issue("alice", 30).unwrap();
+    assert!(store.verify_client_chain(&der(&stranger), now).unwrap_err().to_string().contains("UnknownIssuer"));
+    assert!(store.verify_client_chain(&[], now).is_err());
+}
+
+#[test]
 fn rsa_2048_pki_works() {
     let tmp = TempDir::new("pki-rsa");
     let dir = tmp.path();

@@ -45,6 +45,8 @@ impl fmt::Display for RevocationReason {
 #[derive(Debug, Clone)]
 pub struct TrustStore {
     roots: Arc<RootCertStore>,
+    /// The roots as loaded (IKEv2 names them in CERTREQ by their key's hash).
+    root_certs: Arc<Vec<CertificateDer<'static>>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
     /// (issuer name DER, serial without leading zero bytes) of every CRL entry.
     crl_entries: HashSet<(Vec<u8>, Vec<u8>)>,
@@ -102,7 +104,13 @@ impl TrustStore {
         }
         revoked_thumbprints.extend(load_revoked_list(&config.revoked_list_path())?);
 
-        Ok(TrustStore { roots: Arc::new(roots), crls, crl_entries, revoked_thumbprints: Arc::new(revoked_thumbprints) })
+        Ok(TrustStore {
+            roots: Arc::new(roots),
+            root_certs: Arc::new(root_certs),
+            crls,
+            crl_entries,
+            revoked_thumbprints: Arc::new(revoked_thumbprints),
+        })
     }
 
     /// A verifier that requires a client certificate chaining to a trusted root, not
@@ -151,6 +159,23 @@ impl TrustStore {
                 })
                 .collect(),
         )
+    }
+
+    /// The trusted roots (DER), in the order loaded.
+    pub fn root_certificates(&self) -> &[CertificateDer<'static>] {
+        &self.root_certs
+    }
+
+    /// Checks a client certificate chain outside TLS (IKEv2 sends it in CERT payloads):
+    /// the same roots, CRLs and revoked thumbprints as the TLS verifier, at `now`.
+    pub fn verify_client_chain(&self, chain: &[Vec<u8>], now: SystemTime) -> Result<()> {
+        let (leaf, intermediates) = chain.split_first().ok_or_else(|| anyhow!("no certificate"))?;
+        let leaf = CertificateDer::from(leaf.as_slice());
+        let intermediates: Vec<CertificateDer<'_>> =
+            intermediates.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+        let now = UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+        self.client_verifier(true)?.verify_client_cert(&leaf, &intermediates, now).map_err(|e| anyhow!("{e}"))?;
+        Ok(())
     }
 
     pub fn root_count(&self) -> usize {
