@@ -268,18 +268,23 @@ pub fn ike_message(data: &[u8]) {
     }
 }
 
-/// A gateway SSTP connection that the test client brought up to established.
-fn established_sstp_server(now: Instant) -> crate::proto::sstp::SstpServer {
+/// The test client, as the fuzzing driver's only user.
+fn fuzz_sstp_client() -> crate::proto::sstp::client::SstpClient {
     use crate::proto::sstp::client::{SstpClient, SstpClientConfig};
-    use crate::proto::sstp::{SstpServer, SstpSettings};
-    let mut server = SstpServer::new(SstpSettings::new(fuzz_cert_hashes()), now);
-    let mut client = SstpClient::new(SstpClientConfig {
+    SstpClient::new(SstpClientConfig {
         host: "fuzz.test".into(),
         user: "user".into(),
         password: FUZZ_PASSWORD.into(),
         server_cert_hashes: fuzz_cert_hashes(),
         call_connected_early: true,
-    });
+    })
+}
+
+/// A gateway SSTP connection that the test client brought up to established.
+fn established_sstp_server(now: Instant) -> crate::proto::sstp::SstpServer {
+    use crate::proto::sstp::{SstpServer, SstpSettings};
+    let mut server = SstpServer::new(SstpSettings::new(fuzz_cert_hashes()), now);
+    let mut client = fuzz_sstp_client();
     for _ in 0..20 {
         if let Some(bytes) = client.poll_transmit() {
             server.handle_input(now, &bytes);
@@ -327,14 +332,7 @@ pub fn sstp_server_stream(data: &[u8]) {
 /// The test client fed a gateway's byte stream: it is used against real gateways in
 /// load tests, so it must not crash either.
 pub fn sstp_client_stream(data: &[u8]) {
-    use crate::proto::sstp::client::{SstpClient, SstpClientConfig};
-    let mut client = SstpClient::new(SstpClientConfig {
-        host: "fuzz.test".into(),
-        user: "user".into(),
-        password: FUZZ_PASSWORD.into(),
-        server_cert_hashes: fuzz_cert_hashes(),
-        call_connected_early: true,
-    });
+    let mut client = fuzz_sstp_client();
     for chunk in data.chunks(97) {
         client.handle_input(chunk);
         while client.poll_event().is_some() {}

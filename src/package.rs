@@ -101,35 +101,13 @@ fn vpn_settings_xml(config: &Config, root: &CertificateDer<'_>) -> Result<String
     x.close("Transports");
     x.leaf("ServerName", &server_name);
     x.leaf("ServerCertRootThumbprint", &Thumbprint::of_der(root).to_string());
-    x.open("Routes");
-    if config.network.full_tunnel {
-        x.leaf("Route", "0.0.0.0/0");
-    }
-    for route in &config.network.routes {
-        x.leaf("Route", &route.to_string());
-    }
-    x.close("Routes");
-    x.open("DnsServers");
-    for dns in &config.network.dns_servers {
-        x.leaf("DnsServer", &dns.to_string());
-    }
-    x.close("DnsServers");
-    x.open("DnsSuffixes");
-    for suffix in &config.network.dns_search {
-        x.leaf("DnsSuffix", suffix);
-    }
-    x.close("DnsSuffixes");
+    let full_tunnel = config.network.full_tunnel.then(|| "0.0.0.0/0".to_string());
+    x.list("Routes", "Route", full_tunnel.into_iter().chain(config.network.routes.iter().map(|r| r.to_string())));
+    x.list("DnsServers", "DnsServer", config.network.dns_servers.iter().map(|d| d.to_string()));
+    x.list("DnsSuffixes", "DnsSuffix", config.network.dns_search.iter().cloned());
     x.leaf("VpnClientAddressPool", &config.network.pool.to_string());
-    x.open("AuthenticationTypes");
-    for requirement in &config.auth.require {
-        x.leaf("AuthenticationType", &requirement.to_string());
-    }
-    x.close("AuthenticationTypes");
-    x.open("DataCiphers");
-    for cipher in &config.openvpn.data_ciphers {
-        x.leaf("DataCipher", cipher.openvpn_name());
-    }
-    x.close("DataCiphers");
+    x.list("AuthenticationTypes", "AuthenticationType", config.auth.require.iter().map(|r| r.to_string()));
+    x.list("DataCiphers", "DataCipher", config.openvpn.data_ciphers.iter().map(|c| c.openvpn_name().to_string()));
     x.close("VpnProfile");
     Ok(x.finish())
 }
@@ -237,6 +215,15 @@ impl Xml {
         self.open(name);
         self.writer.write_event(Event::Text(BytesText::new(text))).expect("writing to memory");
         self.close(name);
+    }
+
+    /// `<outer><item>v1</item><item>v2</item>…</outer>`.
+    fn list(&mut self, outer: &str, item: &str, values: impl Iterator<Item = String>) {
+        self.open(outer);
+        for value in values {
+            self.leaf(item, &value);
+        }
+        self.close(outer);
     }
 
     fn finish(self) -> String {
