@@ -73,6 +73,7 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
         None
     };
     let openvpn = tls::openvpn_settings(&config, &trust, &identity)?;
+    let sstp = tls::sstp_listener(&config, &identity)?;
 
     let cpus = sys::allowed_cpus();
     let workers = if config.dataplane.workers == 0 { cpus.len().max(1) } else { config.dataplane.workers };
@@ -115,6 +116,7 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
             openvpn,
             ping_interval: Duration::from_secs(config.openvpn.keepalive_interval_secs.into()),
             ping_timeout: Duration::from_secs(config.openvpn.keepalive_timeout_secs.into()),
+            sstp,
         }),
         tls_crypt,
         inboxes,

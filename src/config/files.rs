@@ -94,6 +94,14 @@ fn files_to_check(config: &Config) -> Vec<FileToCheck> {
             optional: false,
         });
     }
+    if let Some(path) = config.sstp.local_users_file.as_ref().filter(|_| config.sstp.enabled) {
+        files.push(FileToCheck {
+            what: "SSTP local users file",
+            path: path.clone(),
+            keys: vec!["sstp.local_users_file".to_string()],
+            optional: false,
+        });
+    }
     files.extend(token.ca_files.iter().enumerate().map(|(i, path)| FileToCheck {
         what: "token CA file",
         path: path.clone(),

@@ -47,6 +47,7 @@ pub struct Config {
     pub radius: RadiusConfig,
     pub token: TokenConfig,
     pub admin: AdminConfig,
+    pub sstp: SstpConfig,
     /// Where each key was written; empty for a configuration built in code. Not part of
     /// the configuration itself: it never affects equality and is never serialized.
     #[serde(skip)]
@@ -359,6 +360,20 @@ pub struct AdminConfig {
     pub tcp: Option<SocketAddr>,
     /// File holding the bearer token for `tcp` (one line, at least 32 characters).
     pub token_file: Option<PathBuf>,
+}
+
+/// SSTP (the Windows built-in VPN client) on the `[listen] tcp` addresses, beside
+/// OpenVPN over TCP. Users sign in with MS-CHAPv2, checked by the RADIUS servers or
+/// against `local_users_file`; this counts as the `radius` method of `[auth] require`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SstpConfig {
+    pub enabled: bool,
+    /// Users checked by the gateway itself, one `user:NTHASHHEX` per line (the MD4 of
+    /// the UTF-16LE password); users not in it are asked of the RADIUS servers.
+    pub local_users_file: Option<PathBuf>,
+    /// Accept the SHA-1 crypto binding besides SHA-256 (only for very old clients).
+    pub allow_sha1_binding: bool,
 }
 
 impl Default for TokenConfig {

@@ -151,6 +151,15 @@ pub(super) fn effective_toml(config: &Config) -> String {
         Some(file) => out.key("token_file", path(file), None),
         None => out.comment("token_file = \"/etc/p2sgw/admin-token\"  (unset)"),
     }
+
+    let sstp = &config.sstp;
+    out.section("sstp");
+    out.key("enabled", sstp.enabled, None);
+    match &sstp.local_users_file {
+        Some(file) => out.key("local_users_file", path(file), None),
+        None => out.comment("local_users_file = \"/etc/p2sgw/sstp-users\"  (unset: RADIUS checks every user)"),
+    }
+    out.key("allow_sha1_binding", sstp.allow_sha1_binding, None);
     out.text
 }
 

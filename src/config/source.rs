@@ -70,6 +70,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("admin", &["socket", "tcp", "token_file"]),
+    ("sstp", &["enabled", "local_users_file", "allow_sha1_binding"]),
 ];
 
 /// Where a configuration came from and where each of its keys was written.

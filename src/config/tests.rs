@@ -72,6 +72,7 @@ fn schema_table_matches_serde() {
     config.admin.socket = Some("/s".into());
     config.admin.tcp = Some("127.0.0.1:9443".parse().unwrap());
     config.admin.token_file = Some("/a".into());
+    config.sstp.local_users_file = Some("/u".into());
     let serialized: toml::Table = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
     let serde_keys: BTreeSet<String> = serialized
         .iter()
@@ -733,5 +734,42 @@ fn group_pools_are_parsed_and_may_not_overlap() {
         &["[network]", "routes = [\"10.0.0.0/8\"]", "group_pools = [\"eng=10.9.0.0/24\"]"],
         3,
         "overlaps the pushed route 10.0.0.0/8",
+    );
+}
+
+#[test]
+fn sstp_needs_radius_alone_and_a_way_to_check_passwords() {
+    let off = accepted(&[]);
+    assert!(!off.sstp.enabled && !off.sstp.allow_sha1_binding && off.sstp.local_users_file.is_none());
+    let local = accepted(&[
+        "[auth]",
+        "require = [\"certificate\", \"radius\"]",
+        "[sstp]",
+        "enabled = true",
+        "local_users_file = \"/etc/p2sgw/sstp-users\"",
+    ]);
+    assert!(local.sstp.enabled, "a local user list stands in for RADIUS servers");
+    assert_refused(
+        &["[auth]", "require = [\"certificate+radius\"]", "[sstp]", "enabled = true", "local_users_file = \"/u\""],
+        4,
+        "needs \"radius\" alone in auth.require",
+    );
+    assert_refused(
+        &["[auth]", "require = [\"radius\"]", "[radius]", "secrets = [\"s\"]", "[sstp]", "enabled = true"],
+        3,
+        "auth.require uses radius but radius.servers is empty",
+    );
+    assert_refused(
+        &[
+            "[listen]",
+            "tcp = []",
+            "[auth]",
+            "require = [\"radius\"]",
+            "[sstp]",
+            "enabled = true",
+            "local_users_file = \"/u\"",
+        ],
+        6,
+        "needs a listen.tcp address",
     );
 }

@@ -34,7 +34,33 @@ pub(super) fn violations(config: &Config) -> Vec<Problem> {
     check_dataplane(config, &mut problems);
     check_auth(config, &mut problems);
     check_admin(config, &mut problems);
+    check_sstp(config, &mut problems);
     problems
+}
+
+fn check_sstp(config: &Config, problems: &mut Vec<Problem>) {
+    let sstp = &config.sstp;
+    if let Some(file) = &sstp.local_users_file {
+        check_path_not_empty("sstp.local_users_file", file, problems);
+    }
+    if !sstp.enabled {
+        return;
+    }
+    if config.listen.tcp.is_empty() {
+        problems.push(Problem::new(
+            &["sstp.enabled", "listen.tcp"],
+            "sstp.enabled needs a listen.tcp address (SSTP shares it with OpenVPN over TCP)".to_string(),
+        ));
+    }
+    if !config.auth.require.iter().any(|r| r.radius && !r.certificate && !r.token) {
+        problems.push(Problem::new(
+            &["sstp.enabled", "auth.require"],
+            "sstp.enabled needs \"radius\" alone in auth.require: SSTP users sign in with MS-CHAPv2, \
+             which counts as the radius method"
+                .to_string(),
+        ));
+    }
+    // Without a local user list, the `radius` this needs makes check_auth ask for servers.
 }
 
 fn check_admin(config: &Config, problems: &mut Vec<Problem>) {
@@ -93,7 +119,9 @@ fn check_auth(config: &Config, problems: &mut Vec<Problem>) {
         problems.push(Problem::element("auth.require", i, format!("auth.require lists {} twice", auth.require[i])));
     }
     let radius = &config.radius;
-    if auth.uses(|r| r.radius) {
+    // With a local SSTP user list, `radius` can be met without a RADIUS server.
+    let local_users_only = config.sstp.enabled && config.sstp.local_users_file.is_some();
+    if auth.uses(|r| r.radius) && !local_users_only {
         if radius.servers.is_empty() {
             problems.push(Problem::new(
                 &["radius.servers", "radius", "auth.require"],

@@ -80,13 +80,13 @@ impl ControlPlane {
                 SessionView {
                     id: rec.id,
                     user: rec.user.clone(),
-                    protocol: format!("openvpn-{}", rec.transport),
+                    protocol: super::protocol_name(rec.transport),
                     auth: rec.method,
                     virtual_address: rec.address.to_string(),
                     public_address: rec.peer.to_string(),
                     since: rfc3339(rec.since),
                     connected_secs: rec.started.elapsed().as_secs(),
-                    cipher: rec.cipher.openvpn_name(),
+                    cipher: rec.cipher.map_or("TLS", |c| c.openvpn_name()),
                     thumbprint: rec.thumbprint.map(|t| t.to_string()),
                     bytes_in: traffic.rx_bytes,
                     bytes_out: traffic.tx_bytes,
@@ -317,6 +317,9 @@ impl ControlPlane {
         };
         let openvpn = tls::openvpn_settings(&new, &trust, identity.as_ref().unwrap_or(&self.server_identity))
             .map_err(|e| refuse(format!("{e:#}")))?;
+        let sstp = tls::sstp_listener(&new, identity.as_ref().unwrap_or(&self.server_identity))
+            .map_err(|e| refuse(format!("{e:#}")))?;
+        let local_users = super::sstp::LocalUsers::load(&new).map_err(|e| refuse(format!("{e:#}")))?;
         let radius = if new.radius == self.config.radius {
             self.radius.clone()
         } else if new.radius.servers.is_empty() {
@@ -347,7 +350,9 @@ impl ControlPlane {
             openvpn,
             ping_interval: std::time::Duration::from_secs(new.openvpn.keepalive_interval_secs.into()),
             ping_timeout: std::time::Duration::from_secs(new.openvpn.keepalive_timeout_secs.into()),
+            sstp,
         }));
+        self.local_users = local_users;
         if let Some(identity) = identity {
             self.server_identity = identity;
         }
@@ -362,7 +367,7 @@ impl ControlPlane {
     }
 
     /// Cuts sessions the current configuration would refuse: revoked certificates, an
-    /// authentication method no longer allowed, a cipher no longer offered.
+    /// authentication method no longer allowed, a cipher no longer offered, SSTP turned off.
     fn cut_sessions_no_longer_allowed(&mut self) -> usize {
         let before = self.closing.len();
         // The new material loaded a moment ago; a failure now is logged and changes nothing.
@@ -377,12 +382,14 @@ impl ControlPlane {
                 let method_allowed = auth.require.iter().any(|r| match rec.method {
                     "certificate" => r.certificate && !r.radius && !r.token,
                     "radius" => r.radius,
+                    // SSTP users of the local list: MS-CHAPv2 counts as radius.
+                    "local" => r.radius && !r.certificate && !r.token,
                     "token" => r.token,
                     _ => false,
                 });
-                if !method_allowed {
+                if !method_allowed || (rec.transport == "sstp" && !self.config.sstp.enabled) {
                     Some((id, "AUTH_FAILED,this sign-in method is no longer accepted"))
-                } else if !ciphers.contains(&rec.cipher) {
+                } else if rec.cipher.is_some_and(|c| !ciphers.contains(&c)) {
                     Some((id, "RESTART"))
                 } else {
                     None
@@ -413,6 +420,7 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     check("auth", old.auth != new.auth);
     check("radius", old.radius != new.radius);
     check("token", old.token != new.token);
+    check("sstp", old.sstp != new.sstp);
     changed
 }
 

@@ -62,7 +62,7 @@ pub fn render(plane: &ControlPlane) -> String {
     let sessions = Family::<Labels, Gauge>::default();
     let mut by_kind: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
     for rec in plane.sessions.values() {
-        *by_kind.entry((format!("openvpn-{}", rec.transport), rec.method)).or_default() += 1;
+        *by_kind.entry((super::protocol_name(rec.transport), rec.method)).or_default() += 1;
     }
     for ((protocol, auth), n) in by_kind {
         sessions.get_or_create(&vec![("protocol", protocol), ("auth", auth.to_string())]).set(n);
@@ -72,7 +72,7 @@ pub fn render(plane: &ControlPlane) -> String {
     let handshakes = Family::<Labels, Counter>::default();
     for (&(transport, method), &n) in &plane.metrics.admitted {
         handshakes
-            .get_or_create(&vec![("protocol", format!("openvpn-{transport}")), ("auth", method.into())])
+            .get_or_create(&vec![("protocol", super::protocol_name(transport)), ("auth", method.into())])
             .inc_by(n);
     }
     registry.register("handshakes", "Clients admitted (handshake and authentication passed)", handshakes);

@@ -15,6 +15,7 @@ mod leases;
 mod metrics;
 pub mod pools;
 pub mod radius;
+mod sstp;
 pub mod tls;
 pub mod token;
 
@@ -78,6 +79,13 @@ enum Verdict {
     Renewed,
 }
 
+/// What the session list and logs show about a client's software.
+struct ClientInfo<'a> {
+    cipher: Option<AeadAlgorithm>,
+    version: Option<&'a str>,
+    platform: Option<&'a str>,
+}
+
 /// A client being authenticated, and the verdict once known.
 struct Outcome {
     /// When the worker asked.
@@ -112,7 +120,8 @@ struct SessionRecord {
     transport: &'static str,
     user: String,
     method: &'static str,
-    cipher: AeadAlgorithm,
+    /// The OpenVPN data cipher (SSTP has only its TLS).
+    cipher: Option<AeadAlgorithm>,
     thumbprint: Option<Thumbprint>,
     certificate: Option<Vec<u8>>,
     address: Ipv4Addr,
@@ -152,6 +161,10 @@ pub struct ControlPlane {
     challenges: HashMap<String, PendingChallenge>,
     outcomes: UnboundedSender<Outcome>,
     outcomes_rx: Option<UnboundedReceiver<Outcome>>,
+    sstp_outcomes: UnboundedSender<sstp::SstpOutcome>,
+    sstp_outcomes_rx: Option<UnboundedReceiver<sstp::SstpOutcome>>,
+    /// `[sstp] local_users_file`, by user name.
+    local_users: sstp::LocalUsers,
     /// Refusals by kind, for the statistics.
     refusals: BTreeMap<&'static str, u64>,
 }
@@ -173,6 +186,8 @@ impl ControlPlane {
         let capacity = shared.table.capacity() as u32;
         let leases = Leases::load(&config.gateway.state_dir);
         let (outcomes, outcomes_rx) = unbounded_channel();
+        let (sstp_outcomes, sstp_outcomes_rx) = unbounded_channel();
+        let local_users = sstp::LocalUsers::load(&config)?;
         Ok(ControlPlane {
             trust_stamp: TrustStore::stamp(&config),
             free_peer_ids: (0..capacity).rev().collect(),
@@ -196,6 +211,9 @@ impl ControlPlane {
             challenges: HashMap::new(),
             outcomes,
             outcomes_rx: Some(outcomes_rx),
+            sstp_outcomes,
+            sstp_outcomes_rx: Some(sstp_outcomes_rx),
+            local_users,
             refusals: BTreeMap::new(),
         })
     }
@@ -214,6 +232,7 @@ impl ControlPlane {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outcomes = self.outcomes_rx.take().context("the control plane runs once")?;
+        let mut sstp_outcomes = self.sstp_outcomes_rx.take().context("the control plane runs once")?;
         if let Some(tokens) = &self.tokens {
             spawn_key_refresh(tokens);
         }
@@ -221,6 +240,7 @@ impl ControlPlane {
             tokio::select! {
                 Some(event) = events.recv() => self.on_event(event),
                 Some(outcome) = outcomes.recv() => self.finish(outcome),
+                Some(outcome) = sstp_outcomes.recv() => self.finish_sstp(outcome),
                 _ = tick.tick() => self.on_tick(),
                 Some(call) = admin.recv() => self.on_admin(call).await,
                 _ = sighup.recv() => {
@@ -243,6 +263,7 @@ impl ControlPlane {
             ControlEvent::Authenticate { handle, peer, transport, request } => {
                 self.authenticate(handle, peer, transport, request)
             }
+            ControlEvent::VerifySstp { handle, peer, request } => self.verify_sstp(handle, peer, *request),
             ControlEvent::Closed { handle, peer, peer_id, address, traffic, reason } => {
                 self.closed(handle, peer, peer_id, address, traffic, reason)
             }
@@ -476,7 +497,19 @@ impl ControlPlane {
                 }
                 None => AuthDecision::Reject { reason: "session unknown to the gateway".into() },
             },
-            Verdict::Admit(admission) => self.admit(handle, peer, transport, certificate, &request, admission),
+            Verdict::Admit(admission) => {
+                let client = ClientInfo {
+                    cipher: Some(request.cipher),
+                    version: request.peer_info.version.as_deref(),
+                    platform: request.peer_info.platform.as_deref(),
+                };
+                match self.admit(handle, peer, transport, certificate, &client, admission) {
+                    Ok((peer_id, address)) => {
+                        AuthDecision::Accept(AuthGrant { push: self.push_config(address), peer_id })
+                    }
+                    Err(reason) => AuthDecision::Reject { reason },
+                }
+            }
         };
         self.shared.inboxes[handle.worker].send(WorkerCommand::AuthResult { handle, decision });
     }
@@ -487,16 +520,16 @@ impl ControlPlane {
         peer: SocketAddr,
         transport: &'static str,
         certificate: Option<(Vec<u8>, ClientIdentity)>,
-        request: &AuthRequest,
+        client: &ClientInfo<'_>,
         admission: Admission,
-    ) -> AuthDecision {
+    ) -> Result<(u32, Ipv4Addr), String> {
         let refuse = |this: &mut Self, kind: &'static str, reason: &str| {
             *this.refusals.entry(kind).or_default() += 1;
             warn!(%peer, transport, user = %admission.user, reason, "authentication refused");
-            AuthDecision::Reject { reason: reason.to_string() }
+            reason.to_string()
         };
         let Some(peer_id) = self.free_peer_ids.pop() else {
-            return refuse(self, "no_slot", "the gateway has no free session slot");
+            return Err(refuse(self, "no_slot", "the gateway has no free session slot"));
         };
         let thumbprint = certificate.as_ref().map(|(_, id)| id.thumbprint);
         let lease_key =
@@ -513,7 +546,7 @@ impl ControlPlane {
                     Ok(a) => a,
                     Err(reason) => {
                         self.free_peer_ids.push(peer_id);
-                        return refuse(self, "pool_exhausted", reason);
+                        return Err(refuse(self, "pool_exhausted", reason));
                     }
                 }
             }
@@ -559,9 +592,9 @@ impl ControlPlane {
             %peer,
             transport,
             %address,
-            cipher = %request.cipher,
-            client = request.peer_info.version.as_deref().unwrap_or("unknown"),
-            platform = request.peer_info.platform.as_deref().unwrap_or("unknown"),
+            cipher = client.cipher.map_or_else(|| "TLS".to_string(), |c| c.to_string()),
+            client = client.version.unwrap_or("unknown"),
+            platform = client.platform.unwrap_or("unknown"),
             "client connected"
         );
         self.metrics.admitted(transport, admission.method);
@@ -574,7 +607,7 @@ impl ControlPlane {
             transport,
             user: admission.user,
             method: admission.method,
-            cipher: request.cipher,
+            cipher: client.cipher,
             thumbprint,
             certificate: certificate.map(|(der, _)| der),
             address,
@@ -586,7 +619,7 @@ impl ControlPlane {
         };
         self.account(&record, AcctStatusType::Start, None, None);
         self.sessions.insert(peer_id, record);
-        AuthDecision::Accept(AuthGrant { push: self.push_config(address), peer_id })
+        Ok((peer_id, address))
     }
 
     // ---- accounting -----------------------------------------------------------------
@@ -763,6 +796,7 @@ impl ControlPlane {
                     openvpn,
                     ping_interval: current.ping_interval,
                     ping_timeout: current.ping_timeout,
+                    sstp: current.sstp.clone(),
                 }));
             }
             Err(e) => {
@@ -844,6 +878,14 @@ impl Admission {
             interim: None,
             token_subject: None,
         }
+    }
+}
+
+/// The protocol a session list shows for a record's transport ("udp", "tcp", "sstp").
+fn protocol_name(transport: &str) -> String {
+    match transport {
+        "sstp" => "sstp".to_string(),
+        openvpn => format!("openvpn-{openvpn}"),
     }
 }
 

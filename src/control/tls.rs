@@ -1,5 +1,5 @@
 //! The TLS configuration of the OpenVPN control channel, rebuilt whenever the trust
-//! material changes.
+//! material changes, and that of SSTP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::Config;
+use crate::dataplane::SstpListener;
 use crate::pki::{ServerIdentity, TrustStore};
 use crate::proto::openvpn::reliable::Timing;
 use crate::proto::openvpn::session::ServerSettings;
+use crate::proto::sstp::{CertHashes, SstpSettings};
 
 /// TLS 1.2 and 1.3 with a mandatory client certificate checked against the trusted
 /// roots, CRLs and revoked thumbprints. No session tickets or resumption: OpenVPN
@@ -44,4 +46,24 @@ pub fn openvpn_settings(
         handshake_window: Duration::from_secs(o.handshake_window_secs.into()),
         reliable: Timing::default(),
     }))
+}
+
+/// TLS and SSTP settings for the workers when `[sstp]` is enabled: the gateway's
+/// certificate, no client certificate (users sign in inside, with MS-CHAPv2).
+pub fn sstp_listener(config: &Config, identity: &ServerIdentity) -> anyhow::Result<Option<Arc<SstpListener>>> {
+    if !config.sstp.enabled {
+        return Ok(None);
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .context("the server certificate and key cannot be used for TLS")?;
+    tls.send_tls13_tickets = 0;
+    let leaf = identity.chain.first().context("the server certificate file holds no certificate")?;
+    let mut settings = SstpSettings::new(CertHashes::of_der(leaf));
+    settings.allow_sha1 = config.sstp.allow_sha1_binding;
+    Ok(Some(Arc::new(SstpListener { tls: Arc::new(tls), settings })))
 }

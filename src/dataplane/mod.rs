@@ -5,6 +5,7 @@
 
 pub mod buffers;
 pub mod counters;
+pub mod sstp;
 pub mod sys;
 pub mod table;
 pub mod tcp;
@@ -22,6 +23,7 @@ use crossbeam_queue::{ArrayQueue, SegQueue};
 
 use crate::proto::openvpn::session::{AuthDecision, AuthRequest, CloseReason, ServerSettings};
 use crate::proto::openvpn::tls_crypt::TlsCrypt;
+use crate::proto::ppp::{AuthVerdict, MsChapV2Verify, NetworkConfig};
 use counters::WorkerCounters;
 use table::SessionTable;
 
@@ -32,12 +34,30 @@ pub struct Settings {
     pub ping_interval: Duration,
     /// Drop a session after this long without hearing from its client.
     pub ping_timeout: Duration,
+    /// SSTP on the TCP listeners; `None` when disabled.
+    pub sstp: Option<Arc<SstpListener>>,
+}
+
+/// What a worker needs to serve SSTP connections.
+pub struct SstpListener {
+    /// TLS with the gateway's certificate, no client certificate.
+    pub tls: Arc<rustls::ServerConfig>,
+    pub settings: crate::proto::sstp::SstpSettings,
+}
+
+/// Which kind of session a [`LocalHandle`] names: an OpenVPN session slot or an SSTP
+/// connection (each has its own numbering in a worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    OpenVpn,
+    Sstp,
 }
 
 /// Identifies a worker-local session across messages (slot and generation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LocalHandle {
     pub worker: usize,
+    pub kind: SessionKind,
     pub slot: u32,
     pub generation: u32,
 }
@@ -48,6 +68,9 @@ pub enum ControlEvent {
     /// A client finished its handshake: decide, and answer with
     /// [`WorkerCommand::AuthResult`].
     Authenticate { handle: LocalHandle, peer: SocketAddr, transport: &'static str, request: Box<AuthRequest> },
+    /// An SSTP client's MS-CHAPv2 response: check it, and answer with
+    /// [`WorkerCommand::SstpAuthResult`].
+    VerifySstp { handle: LocalHandle, peer: SocketAddr, request: Box<MsChapV2Verify> },
     /// A session ended. `peer_id`/`address`/`traffic` are set when it held a grant.
     Closed {
         handle: LocalHandle,
@@ -66,6 +89,12 @@ pub enum WorkerCommand {
         handle: LocalHandle,
         decision: AuthDecision,
     },
+    /// The verdict on an SSTP client's MS-CHAPv2 response, with its tunnel when admitted.
+    SstpAuthResult {
+        handle: LocalHandle,
+        verdict: AuthVerdict,
+        grant: Option<SstpGrant>,
+    },
     /// Ends a session; `notice` is sent to the client first (e.g. "RESTART",
     /// "AUTH_FAILED,certificate revoked").
     Close {
@@ -75,6 +104,13 @@ pub enum WorkerCommand {
     },
     /// Tell every client to reconnect elsewhere, then stop.
     Shutdown,
+}
+
+/// What an admitted SSTP client gets.
+#[derive(Debug, Clone, Copy)]
+pub struct SstpGrant {
+    pub peer_id: u32,
+    pub network: NetworkConfig,
 }
 
 /// A packet from the TUN for a session owned by another worker (TCP sessions).

@@ -24,12 +24,14 @@ pub enum Transport {
     Udp { listener: usize, peer: SocketAddr, local: Option<IpAddr> },
     /// Over a TCP connection owned by the session's worker.
     Tcp { peer: SocketAddr },
+    /// SSTP: PPP in TLS over a TCP connection owned by the session's worker.
+    Sstp { peer: SocketAddr },
 }
 
 impl Transport {
     pub fn peer(&self) -> SocketAddr {
         match self {
-            Transport::Udp { peer, .. } | Transport::Tcp { peer } => *peer,
+            Transport::Udp { peer, .. } | Transport::Tcp { peer } | Transport::Sstp { peer } => *peer,
         }
     }
 }

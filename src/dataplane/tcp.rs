@@ -27,9 +27,20 @@ pub struct TcpConn {
     pub inflight_done: usize,
     pub recv_pending: bool,
     pub send_pending: bool,
-    /// The local session this connection carries, once one exists.
+    /// The local session this connection carries, once one exists (OpenVPN).
     pub session: Option<u32>,
+    pub stream: Stream,
     pub closing: bool,
+    /// Close once the queued output is sent, or at this instant if the peer does not
+    /// take it.
+    pub linger_until: Option<std::time::Instant>,
+}
+
+/// Which protocol a connection speaks, known from its first byte.
+pub enum Stream {
+    Unknown,
+    OpenVpn,
+    Sstp(Box<super::sstp::SstpConn>),
 }
 
 /// What the next frame in the receive buffer is.
@@ -76,7 +87,9 @@ impl TcpConn {
             recv_pending: false,
             send_pending: false,
             session: None,
+            stream: Stream::Unknown,
             closing: false,
+            linger_until: None,
         }
     }
 
@@ -158,6 +171,13 @@ mod tests {
         assert_eq!(c.frame_at(0), Frame::Invalid);
         c.recv[..2].copy_from_slice(&((MAX_FRAME + 1) as u16).to_be_bytes());
         assert_eq!(c.frame_at(0), Frame::Invalid, "longer than a packet buffer");
+    }
+
+    #[test]
+    fn a_tls_record_is_never_an_openvpn_frame() {
+        // A ClientHello record header: handshake (0x16), TLS 1.0 record version, length.
+        let client_hello = [super::super::sstp::TLS_HANDSHAKE_RECORD, 0x03, 0x01, 0x00, 0xf4];
+        assert_eq!(frame_at(&client_hello, 0), Frame::Invalid, "0x16xx is longer than any OpenVPN frame");
     }
 
     #[test]

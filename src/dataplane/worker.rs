@@ -8,7 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::io;
+use std::io::{self, Read as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -19,15 +19,18 @@ use tracing::{debug, warn};
 
 use super::buffers::{BUF_SIZE, BufId, BufferPool};
 use super::counters::{DropReason, WorkerCounters};
+use super::sstp::{SstpConn, TLS_HANDSHAKE_RECORD};
 use super::table::{KeySet, SessionShared, Transport};
-use super::tcp::{Frame, MAX_QUEUED_OUTPUT, TcpConn};
-use super::{ControlEvent, Inbox, LocalHandle, Shared, WorkerCommand, WorkerIo, sys};
+use super::tcp::{Frame, MAX_QUEUED_OUTPUT, Stream, TcpConn};
+use super::{ControlEvent, Inbox, LocalHandle, SessionKind, Shared, SstpGrant, WorkerCommand, WorkerIo, sys};
 use crate::crypto::ReplayWindow;
 use crate::proto::openvpn::acceptor::{Accepted, Acceptor};
 use crate::proto::openvpn::data::{self, DataHeader, HEADROOM, Payload};
 use crate::proto::openvpn::key_method::iv_proto;
 use crate::proto::openvpn::packet::Opcode;
 use crate::proto::openvpn::session::{AuthDecision, CloseReason, Event, ServerSession, SessionError};
+use crate::proto::ppp::AuthVerdict;
+use crate::proto::sstp::{self, SstpServer};
 
 const RING_ENTRIES: u32 = 1024;
 const POOL_BUFFERS: usize = 4096;
@@ -39,6 +42,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// A TCP connection that has not completed a handshake within this time is closed.
 const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// How long a closing connection's last bytes (an SSTP goodbye) may take to leave.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// What one read of TLS plaintext takes (a TLS record's payload is at most 16 KiB).
+const PLAINTEXT_CHUNK: usize = 16 * 1024;
 
 // io_uring user_data: operation kind in the top byte, then two indices.
 const OP_UDP_RECV: u64 = 1;
@@ -88,6 +95,10 @@ pub(super) struct Worker {
     free_sessions: Vec<u32>,
     by_addr: HashMap<(usize, SocketAddr), u32>,
     by_peer: HashMap<u32, u32>,
+    /// SSTP sessions: peer-id to connection.
+    sstp_by_peer: HashMap<u32, u32>,
+    /// Where TLS plaintext of SSTP connections is read into.
+    plaintext: Box<[u8]>,
     conns: Vec<Option<TcpConn>>,
     conn_generations: Vec<u32>,
     free_conns: Vec<u32>,
@@ -122,6 +133,8 @@ impl Worker {
             free_sessions: Vec::new(),
             by_addr: HashMap::new(),
             by_peer: HashMap::new(),
+            sstp_by_peer: HashMap::new(),
+            plaintext: vec![0; PLAINTEXT_CHUNK].into_boxed_slice(),
             conns: Vec::new(),
             conn_generations: Vec::new(),
             free_conns: Vec::new(),
@@ -145,13 +158,7 @@ impl Worker {
     }
 
     fn push(&mut self, entry: squeue::Entry) {
-        // SAFETY: every entry refers to memory owned by this worker (pool buffers,
-        // connection buffers, wake_buf) that stays put until its completion arrives.
-        unsafe {
-            while self.ring.submission().push(&entry).is_err() {
-                let _ = self.ring.submit();
-            }
-        }
+        push_entry(&mut self.ring, &entry);
     }
 
     pub(super) fn run(&mut self) -> io::Result<()> {
@@ -459,10 +466,22 @@ impl Worker {
                     self.count_drop(reason);
                 }
             },
-            Transport::Tcp { .. } => {
+            Transport::Tcp { .. } | Transport::Sstp { .. } => {
                 if session.owner == self.index {
                     let peer_id = session.peer_id;
-                    self.send_tcp_data(peer_id, b, len);
+                    if matches!(session.transport, Transport::Sstp { .. }) {
+                        let sent = send_sstp_data(
+                            &mut self.conns,
+                            &self.sstp_by_peer,
+                            peer_id,
+                            self.now_secs,
+                            &self.bufs.get(b)[HEADROOM..HEADROOM + len],
+                        );
+                        self.bufs.release(b);
+                        self.after_sstp_send(sent, len);
+                    } else {
+                        self.send_tcp_data(peer_id, b, len);
+                    }
                 } else {
                     let ok = self.shared.inboxes[session.owner]
                         .hand_off(session.peer_id, &self.bufs.get(b)[HEADROOM..HEADROOM + len]);
@@ -668,7 +687,8 @@ impl Worker {
         let Some(local) = self.local_mut(slot) else { return };
         match event {
             Event::Authenticate(request) => {
-                let handle = LocalHandle { worker: index, slot, generation: local.generation };
+                let handle =
+                    LocalHandle { worker: index, kind: SessionKind::OpenVpn, slot, generation: local.generation };
                 let transport = if matches!(local.link, Link::Udp { .. }) { "udp" } else { "tcp" };
                 let peer = local.peer;
                 let _ = self.shared.to_control.send(ControlEvent::Authenticate {
@@ -731,7 +751,7 @@ impl Worker {
             }
             None => (None, None, None),
         };
-        let handle = LocalHandle { worker: self.index, slot, generation: local.generation };
+        let handle = LocalHandle { worker: self.index, kind: SessionKind::OpenVpn, slot, generation: local.generation };
         let _ = self.shared.to_control.send(ControlEvent::Closed {
             handle,
             peer: local.peer,
@@ -754,13 +774,26 @@ impl Worker {
                             l.proto.close(now, CloseReason::Local(reason), notice.as_deref());
                         }
                         self.drive(now, slot);
+                    } else if let Some(conn) = self.sstp_by_peer.get(&peer_id).copied() {
+                        if let Some(server) = self.sstp_conn(conn).and_then(|s| s.server.as_mut()) {
+                            server.disconnect(now, &reason);
+                        }
+                        self.pump_sstp(conn);
                     }
+                }
+                WorkerCommand::SstpAuthResult { handle, verdict, grant } => {
+                    self.on_sstp_verdict(now, handle, verdict, grant)
                 }
                 WorkerCommand::Shutdown => self.begin_shutdown(now),
             }
         }
         while let Some(h) = self.inbox.packets.pop() {
-            if let Some(b) = self.bufs.alloc() {
+            if self.sstp_by_peer.contains_key(&h.peer_id) {
+                let len = h.len as usize;
+                let sent =
+                    send_sstp_data(&mut self.conns, &self.sstp_by_peer, h.peer_id, self.now_secs, &h.data[..len]);
+                self.after_sstp_send(sent, len);
+            } else if let Some(b) = self.bufs.alloc() {
                 let len = h.len as usize;
                 self.bufs.get_mut(b)[HEADROOM..HEADROOM + len].copy_from_slice(&h.data[..len]);
                 self.send_tcp_data(h.peer_id, b, len);
@@ -823,6 +856,13 @@ impl Worker {
             }
             self.drive(now, slot);
         }
+        let sstp_conns: Vec<u32> = self.sstp_by_peer.values().copied().collect();
+        for conn in sstp_conns {
+            if let Some(server) = self.sstp_conn(conn).and_then(|s| s.server.as_mut()) {
+                server.disconnect(now, "gateway shutting down");
+            }
+            self.pump_sstp(conn);
+        }
     }
 
     // ---- time ------------------------------------------------------------------------
@@ -868,15 +908,22 @@ impl Worker {
             }
         }
         for conn in 0..self.conns.len() as u32 {
+            // Once its TLS handshake is done, an SSTP connection times out by the SSTP timers.
             let stale = self.conns[conn as usize].as_ref().is_some_and(|c| {
-                c.session.is_none()
-                    && !c.closing
-                    && now.duration_since(self.conn_opened[conn as usize]) > TCP_HANDSHAKE_TIMEOUT
+                let waiting = match &c.stream {
+                    Stream::Sstp(sstp) => sstp.server.is_none(),
+                    Stream::Unknown | Stream::OpenVpn => c.session.is_none(),
+                };
+                let handshake_expired =
+                    waiting && now.duration_since(self.conn_opened[conn as usize]) > TCP_HANDSHAKE_TIMEOUT;
+                let linger_expired = c.linger_until.is_some_and(|t| now >= t);
+                !c.closing && (handshake_expired || linger_expired)
             });
             if stale {
                 self.close_conn(conn);
             }
         }
+        self.sstp_timers(now);
     }
 
     fn send_ping(&mut self, slot: u32, shared: &Arc<SessionShared>) {
@@ -944,6 +991,26 @@ impl Worker {
             return;
         }
         c.recv_len += res as usize;
+        // The first byte tells the protocols apart: an OpenVPN stream starts with its
+        // first packet's length, whose high byte 0x16 would mean more than MAX_FRAME.
+        if matches!(c.stream, Stream::Unknown) {
+            let sstp = self.shared.settings.load().sstp.clone();
+            c.stream = match sstp.filter(|_| c.recv[0] == TLS_HANDSHAKE_RECORD) {
+                Some(listener) => match SstpConn::new(listener) {
+                    Ok(sstp) => Stream::Sstp(Box::new(sstp)),
+                    Err(e) => {
+                        warn!(worker = self.index, error = %e, "cannot start TLS for an SSTP connection");
+                        self.close_conn(conn);
+                        return;
+                    }
+                },
+                None => Stream::OpenVpn,
+            };
+        }
+        if matches!(c.stream, Stream::Sstp(_)) {
+            self.on_sstp_recv(now, conn);
+            return;
+        }
         let mut offset = 0;
         loop {
             let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
@@ -1031,6 +1098,8 @@ impl Worker {
         c.sent(res as usize);
         if c.closing {
             self.finish_close(conn);
+        } else if c.linger_until.is_some() && c.queued() == 0 {
+            self.close_conn(conn);
         } else {
             self.kick_tcp_send(conn);
         }
@@ -1044,11 +1113,15 @@ impl Worker {
             // Wakes a pending receive (it completes with 0) so the slot can be freed.
             // SAFETY: shutdown(2) on an fd we own.
             unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            let is_sstp = matches!(c.stream, Stream::Sstp(_));
             if let Some(slot) = c.session.take() {
                 if let Some(l) = self.local_mut(slot) {
                     l.proto.close(Instant::now(), CloseReason::Local("TCP connection closed".into()), None);
                 }
                 self.drive(Instant::now(), slot);
+            }
+            if is_sstp {
+                self.end_sstp(conn, CloseReason::Local("TCP connection closed".into()));
             }
         }
         self.finish_close(conn);
@@ -1060,6 +1133,313 @@ impl Worker {
             self.free_conns.push(conn);
         }
     }
+
+    // ---- SSTP ------------------------------------------------------------------------
+
+    fn sstp_conn(&mut self, conn: u32) -> Option<&mut SstpConn> {
+        match &mut self.conns.get_mut(conn as usize)?.as_mut()?.stream {
+            Stream::Sstp(sstp) => Some(sstp),
+            _ => None,
+        }
+    }
+
+    fn sstp_handle(&self, conn: u32) -> Option<LocalHandle> {
+        let c = self.conns.get(conn as usize)?.as_ref()?;
+        Some(LocalHandle { worker: self.index, kind: SessionKind::Sstp, slot: conn, generation: c.generation })
+    }
+
+    fn after_sstp_send(&mut self, sent: Result<u32, DropReason>, len: usize) {
+        match sent {
+            Ok(conn) => {
+                self.counters().sent_from_tun(len);
+                self.kick_tcp_send(conn);
+            }
+            Err(reason) => self.count_drop(reason),
+        }
+    }
+
+    /// Bytes arrived on an SSTP connection (in its receive buffer): through TLS into
+    /// the SSTP server; its IPv4 packets go straight to the TUN.
+    fn on_sstp_recv(&mut self, now: Instant, conn: u32) {
+        let Worker { conns, bufs, ring, io, shared, plaintext, index, now_secs, .. } = self;
+        let Some(c) = conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        let Stream::Sstp(sstp) = &mut c.stream else { return };
+        let counters = &shared.counters[*index];
+        let mut failure = None;
+        let mut input = &c.recv[..c.recv_len];
+        'feed: while !input.is_empty() {
+            if let Err(e) = sstp.tls.read_tls(&mut input) {
+                failure = Some(CloseReason::Tls(e.to_string()));
+                break;
+            }
+            if let Err(e) = sstp.tls.process_new_packets() {
+                failure = Some(CloseReason::Tls(e.to_string()));
+                break;
+            }
+            if sstp.server.is_none() && !sstp.tls.is_handshaking() {
+                sstp.server = Some(SstpServer::new(sstp.listener.settings.clone(), now));
+            }
+            let Some(server) = sstp.server.as_mut() else { continue };
+            loop {
+                match sstp.tls.reader().read(plaintext) {
+                    Ok(0) => {
+                        failure = Some(CloseReason::ClientExit);
+                        break 'feed;
+                    }
+                    Ok(n) => {
+                        let session = sstp.session.as_deref();
+                        let mut to_tun = |packet: &[u8]| {
+                            sstp_packet_to_tun(ring, bufs, &io.tun, counters, session, *now_secs, packet)
+                        };
+                        server.handle_input_with(now, &plaintext[..n], Some(&mut to_tun));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        failure = Some(CloseReason::Tls(e.to_string()));
+                        break 'feed;
+                    }
+                }
+            }
+        }
+        c.recv_len = 0;
+        self.pump_sstp(conn);
+        match failure {
+            Some(reason) => {
+                debug!(worker = self.index, %reason, "SSTP connection ends");
+                self.end_sstp(conn, reason);
+                self.close_conn_when_sent(conn);
+            }
+            None => self.arm_tcp_recv(conn),
+        }
+    }
+
+    /// Acts on the SSTP server's events and sends what it has to send.
+    fn pump_sstp(&mut self, conn: u32) {
+        while let Some(event) = self.sstp_conn(conn).and_then(|s| s.server.as_mut()).and_then(|s| s.poll_event()) {
+            self.on_sstp_event(conn, event);
+        }
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        let Stream::Sstp(sstp) = &mut c.stream else { return };
+        if let Err(e) = sstp.flush(&mut c.out) {
+            debug!(worker = self.index, error = %e, "SSTP output failed");
+            self.close_conn(conn);
+            return;
+        }
+        self.kick_tcp_send(conn);
+    }
+
+    fn on_sstp_event(&mut self, conn: u32, event: sstp::Event) {
+        let peer = self.conns.get(conn as usize).and_then(Option::as_ref).map(|c| c.peer);
+        match event {
+            sstp::Event::VerifyMsChapV2(request) => {
+                let (Some(handle), Some(peer)) = (self.sstp_handle(conn), peer) else { return };
+                let _ =
+                    self.shared.to_control.send(ControlEvent::VerifySstp { handle, peer, request: Box::new(request) });
+            }
+            sstp::Event::TunnelPacket(packet) => {
+                let Worker { conns, bufs, ring, io, shared, index, now_secs, .. } = self;
+                let session = match conns.get(conn as usize).and_then(Option::as_ref).map(|c| &c.stream) {
+                    Some(Stream::Sstp(sstp)) => sstp.session.as_deref(),
+                    _ => None,
+                };
+                sstp_packet_to_tun(ring, bufs, &io.tun, &shared.counters[*index], session, *now_secs, &packet);
+            }
+            sstp::Event::EapFromPeer(_) => {
+                // The PPP server offers MS-CHAPv2 only: a peer cannot start EAP.
+                self.count_drop(DropReason::ControlRefused);
+            }
+            sstp::Event::Dropped(reason) => {
+                debug!(worker = self.index, ?peer, %reason, "SSTP input dropped");
+                self.count_drop(DropReason::Malformed);
+            }
+            sstp::Event::Accepted { correlation_id } => {
+                debug!(worker = self.index, ?peer, ?correlation_id, "SSTP call accepted");
+            }
+            sstp::Event::Authenticated { user } => debug!(worker = self.index, ?peer, %user, "SSTP user authenticated"),
+            sstp::Event::Established { user, address } => {
+                debug!(worker = self.index, ?peer, %user, %address, "SSTP session established");
+            }
+            sstp::Event::Closed(reason) => {
+                debug!(worker = self.index, ?peer, %reason, "SSTP connection closed");
+                self.end_sstp(conn, super::sstp::close_reason(&reason));
+                if let Some(sstp) = self.sstp_conn(conn) {
+                    sstp.tls.send_close_notify();
+                }
+                self.close_conn_when_sent(conn);
+            }
+        }
+    }
+
+    fn on_sstp_verdict(&mut self, now: Instant, handle: LocalHandle, verdict: AuthVerdict, grant: Option<SstpGrant>) {
+        let index = self.index;
+        let now_secs = self.now_secs;
+        let live = self.sstp_handle(handle.slot) == Some(handle)
+            && self.sstp_conn(handle.slot).is_some_and(|s| s.server.as_ref().is_some_and(|s| !s.is_closed()));
+        if !live {
+            // The connection ended while the control plane was deciding: give back the grant.
+            if let Some(grant) = grant {
+                let _ = self.shared.to_control.send(ControlEvent::Closed {
+                    handle,
+                    peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    traffic: None,
+                    peer_id: Some(grant.peer_id),
+                    address: Some(grant.network.peer),
+                    reason: CloseReason::Local("closed before authentication finished".into()),
+                });
+            }
+            return;
+        }
+        let conn = handle.slot;
+        let peer = self.conns[conn as usize].as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.peer);
+        if let Some(grant) = grant {
+            let shared =
+                Arc::new(SessionShared::new(grant.peer_id, grant.network.peer, index, Transport::Sstp { peer }, false));
+            shared.stats.last_rx.store(now_secs, std::sync::atomic::Ordering::Relaxed);
+            shared.stats.last_tx.store(now_secs, std::sync::atomic::Ordering::Relaxed);
+            self.shared.table.insert(shared.clone());
+            self.sstp_by_peer.insert(grant.peer_id, conn);
+            if let Some(sstp) = self.sstp_conn(conn) {
+                sstp.session = Some(shared);
+            }
+        }
+        if let Some(server) = self.sstp_conn(conn).and_then(|s| s.server.as_mut()) {
+            server.answer_ms_chap_v2(now, verdict);
+            if let Some(grant) = grant {
+                server.assign_network(now, grant.network);
+            }
+        }
+        self.pump_sstp(conn);
+    }
+
+    /// Unpublishes an SSTP connection's session and reports its end (once).
+    fn end_sstp(&mut self, conn: u32, reason: CloseReason) {
+        let Some(handle) = self.sstp_handle(conn) else { return };
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        let peer = c.peer;
+        let Stream::Sstp(sstp) = &mut c.stream else { return };
+        if std::mem::replace(&mut sstp.reported, true) {
+            return;
+        }
+        let session = sstp.session.take();
+        let (peer_id, address, traffic) = match &session {
+            Some(s) => {
+                self.shared.table.remove(s);
+                if self.sstp_by_peer.get(&s.peer_id) == Some(&conn) {
+                    self.sstp_by_peer.remove(&s.peer_id);
+                }
+                (Some(s.peer_id), Some(s.address), Some(s.stats.snapshot()))
+            }
+            None => (None, None, None),
+        };
+        let _ = self.shared.to_control.send(ControlEvent::Closed { handle, peer, peer_id, address, traffic, reason });
+    }
+
+    /// The SSTP timers (negotiation, hello, abort and disconnect waits, PPP's), all
+    /// of whole seconds: served by the tick.
+    fn sstp_timers(&mut self, now: Instant) {
+        for conn in 0..self.conns.len() as u32 {
+            let due = self
+                .sstp_conn(conn)
+                .and_then(|s| s.server.as_ref())
+                .and_then(SstpServer::poll_timeout)
+                .is_some_and(|t| t <= now);
+            if due {
+                if let Some(server) = self.sstp_conn(conn).and_then(|s| s.server.as_mut()) {
+                    server.handle_timeout(now);
+                }
+                self.pump_sstp(conn);
+            }
+        }
+    }
+
+    /// Closes a connection once what is queued for it is sent (a goodbye that must arrive).
+    fn close_conn_when_sent(&mut self, conn: u32) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        if c.queued() == 0 {
+            self.close_conn(conn);
+        } else {
+            c.linger_until = Some(Instant::now() + LINGER_TIMEOUT);
+            self.kick_tcp_send(conn);
+        }
+    }
+}
+
+/// Queues a submission, flushing the queue to the kernel when it is full.
+fn push_entry(ring: &mut IoUring, entry: &squeue::Entry) {
+    // SAFETY: every entry refers to memory owned by the worker (pool buffers,
+    // connection buffers, wake_buf) that stays put until its completion arrives.
+    unsafe {
+        while ring.submission().push(entry).is_err() {
+            let _ = ring.submit();
+        }
+    }
+}
+
+/// Puts a TUN packet for the SSTP session `peer_id` (owned by this worker) into its
+/// connection's output, through TLS; returns the connection to kick.
+fn send_sstp_data(
+    conns: &mut [Option<TcpConn>],
+    sstp_by_peer: &HashMap<u32, u32>,
+    peer_id: u32,
+    now_secs: u64,
+    packet: &[u8],
+) -> Result<u32, DropReason> {
+    let conn = *sstp_by_peer.get(&peer_id).ok_or(DropReason::NoRoute)?;
+    let c = conns.get_mut(conn as usize).and_then(Option::as_mut).ok_or(DropReason::NoRoute)?;
+    if c.closing || c.queued() > MAX_QUEUED_OUTPUT {
+        return Err(DropReason::Overload);
+    }
+    let Stream::Sstp(sstp) = &mut c.stream else { return Err(DropReason::NoRoute) };
+    let (Some(server), Some(session)) = (sstp.server.as_mut(), sstp.session.as_ref()) else {
+        return Err(DropReason::NotEstablished);
+    };
+    server.send_ip(packet).map_err(|e| match e {
+        sstp::SendError::NotEstablished => DropReason::NotEstablished,
+        sstp::SendError::TooLong(_) => DropReason::Malformed,
+    })?;
+    session.stats.sent(packet.len(), now_secs);
+    sstp.flush(&mut c.out).map_err(|_| DropReason::Overload)?;
+    Ok(conn)
+}
+
+/// Writes an IPv4 packet from an SSTP client to the TUN, from a pool buffer.
+fn sstp_packet_to_tun(
+    ring: &mut IoUring,
+    bufs: &mut BufferPool,
+    tun: &OwnedFd,
+    counters: &WorkerCounters,
+    session: Option<&SessionShared>,
+    now_secs: u64,
+    packet: &[u8],
+) {
+    let Some(session) = session else {
+        counters.drop(DropReason::NotEstablished);
+        return;
+    };
+    if packet.len() < 20 || packet[0] >> 4 != 4 {
+        counters.drop(DropReason::NotIpv4);
+        return;
+    }
+    if packet[12..16] != session.address.octets() {
+        counters.drop(DropReason::SpoofedSource);
+        return;
+    }
+    if packet.len() > BUF_SIZE {
+        counters.drop(DropReason::Malformed);
+        return;
+    }
+    let Some(b) = bufs.alloc() else {
+        counters.drop(DropReason::Overload);
+        return;
+    };
+    let buf = bufs.get_mut(b);
+    buf[..packet.len()].copy_from_slice(packet);
+    session.stats.received(packet.len(), now_secs);
+    let write = opcode::Write::new(types::Fd(tun.as_raw_fd()), buf.as_ptr(), packet.len() as u32)
+        .build()
+        .user_data(user_data(OP_TUN_WRITE, 0, b));
+    push_entry(ring, &write);
+    counters.wrote_to_tun(packet.len());
 }
 
 enum DataVerdict {

@@ -246,6 +246,17 @@ impl SstpServer {
         (!self.output.is_empty()).then(|| std::mem::take(&mut self.output))
     }
 
+    /// Like [`SstpServer::poll_transmit`], but writes the bytes into `sink` and keeps
+    /// the output buffer's memory for the next ones (the data plane's path). On an
+    /// error nothing is consumed.
+    pub fn write_transmit(&mut self, sink: &mut impl std::io::Write) -> std::io::Result<()> {
+        if !self.output.is_empty() {
+            sink.write_all(&self.output)?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+
     /// How many bytes wait for [`SstpServer::poll_transmit`] (for back-pressure).
     pub fn pending_output(&self) -> usize {
         self.output.len()

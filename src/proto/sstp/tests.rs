@@ -408,6 +408,21 @@ fn bad_http_gets_an_error_status_and_closes() {
 }
 
 #[test]
+fn write_transmit_writes_what_poll_transmit_would_return() {
+    let now = Instant::now();
+    let mut server = SstpServer::new(SstpSettings::new(cert_hashes()), now);
+    server.handle_input(now, b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let mut written = Vec::new();
+    server.write_transmit(&mut written).unwrap();
+    assert!(written.starts_with(b"HTTP/1.1 405 "), "{:?}", String::from_utf8_lossy(&written));
+    assert_eq!(server.pending_output(), 0, "consumed");
+    assert!(server.poll_transmit().is_none());
+    let before = written.len();
+    server.write_transmit(&mut written).unwrap();
+    assert_eq!(written.len(), before, "nothing more written");
+}
+
+#[test]
 fn byte_by_byte_delivery_connects_too() {
     let mut link = Link::new(PASSWORD, true, cert_hashes());
     link.byte_by_byte = true;
