@@ -404,20 +404,7 @@ impl ControlPlane {
         let results = self.outcomes.clone();
         tokio::spawn(async move {
             outcome.verdict = match radius.access(request).await {
-                Ok(AccessReply::Accept(info)) => {
-                    let mut groups = info.filter_ids.clone();
-                    groups.extend(info.azure_policy_ids.iter().map(|p| azure_policy_id_text(p)));
-                    Verdict::Admit(Admission {
-                        user,
-                        method: "radius",
-                        groups,
-                        framed_ip: info.framed_ip,
-                        session_timeout: info.session_timeout,
-                        classes: info.classes,
-                        interim: info.acct_interim_interval,
-                        token_subject: None,
-                    })
-                }
+                Ok(AccessReply::Accept(info)) => Verdict::Admit(Admission::from_radius(user, info)),
                 Ok(AccessReply::Reject { reply_message, .. }) => Verdict::Refuse(Refusal::new(
                     "radius_reject",
                     reply_message.unwrap_or_else(|| "wrong username or password".to_string()),
@@ -867,6 +854,23 @@ fn spawn_key_refresh(tokens: &Arc<TokenService>) {
 }
 
 impl Admission {
+    /// What an Access-Accept grants: groups from Filter-Id and MS-Azure-Policy-ID, the
+    /// Framed-IP-Address, Session-Timeout, Class and interim interval.
+    fn from_radius(user: String, info: crate::proto::radius::AcceptInfo) -> Admission {
+        let mut groups = info.filter_ids.clone();
+        groups.extend(info.azure_policy_ids.iter().map(|p| azure_policy_id_text(p)));
+        Admission {
+            user,
+            method: "radius",
+            groups,
+            framed_ip: info.framed_ip,
+            session_timeout: info.session_timeout,
+            classes: info.classes,
+            interim: info.acct_interim_interval,
+            token_subject: None,
+        }
+    }
+
     fn plain(user: String, method: &'static str) -> Admission {
         Admission {
             user,

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::crypto::mschapv2::{self, PasswordHash};
 use crate::dataplane::{LocalHandle, SstpGrant, WorkerCommand};
 use crate::proto::ppp::{AuthVerdict, MsChapV2Verify, NetworkConfig, SessionKeys};
-use crate::proto::radius::{AccessReply, AccessRequest, MsChap2Response, azure_policy_id_text};
+use crate::proto::radius::{AccessReply, AccessRequest, MsChap2Response};
 
 /// `[sstp] local_users_file`: NT password hashes by user name.
 #[derive(Default)]
@@ -120,28 +120,17 @@ fn refuse(kind: &'static str, reason: impl Into<String>) -> SstpResult {
 /// A RADIUS answer to an MS-CHAPv2 Access-Request, as the PPP server's verdict.
 fn from_radius(user: &str, reply: Result<AccessReply, String>) -> SstpResult {
     match reply {
-        Ok(AccessReply::Accept(info)) => {
+        Ok(AccessReply::Accept(mut info)) => {
             let (Some(success), Some(send), Some(recv)) =
-                (info.ms_chap2_success, info.mppe_send_key, info.mppe_recv_key)
+                (info.ms_chap2_success.take(), info.mppe_send_key.take(), info.mppe_recv_key.take())
             else {
                 return refuse(
                     "radius_reject",
                     "the RADIUS server accepted without MS-CHAP2-Success and MPPE keys, which SSTP needs",
                 );
             };
-            let mut groups = info.filter_ids.clone();
-            groups.extend(info.azure_policy_ids.iter().map(|p| azure_policy_id_text(p)));
             SstpResult::Admit {
-                admission: Admission {
-                    user: user.to_string(),
-                    method: "radius",
-                    groups,
-                    framed_ip: info.framed_ip,
-                    session_timeout: info.session_timeout,
-                    classes: info.classes,
-                    interim: info.acct_interim_interval,
-                    token_subject: None,
-                },
+                admission: Admission::from_radius(user.to_string(), info),
                 verdict: AuthVerdict::Success {
                     authenticator_response: success.text,
                     keys: SessionKeys::Mppe { send, recv },
