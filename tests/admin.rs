@@ -277,6 +277,21 @@ fn the_client_package_is_used_as_is() {
         "{fingerprint} / {parsed}"
     );
 
+    // The same package from the admin API; an unknown user gets a reason, not a zip.
+    let socket = gw.state_dir.join("admin.sock");
+    let fetch = |query: &str| {
+        Command::new("curl")
+            .args(["-sS", "--unix-socket", path(&socket), &format!("http://p2sgw/v1/client-package{query}")])
+            .output()
+            .expect("run curl")
+            .stdout
+    };
+    let zip_bytes = fetch("?name=alice");
+    assert!(zip_bytes.starts_with(b"PK\x03\x04"), "a zip");
+    assert!(zip_bytes.windows(22).any(|w| w == b"OpenVPN/vpnconfig.ovpn"), "with the OpenVPN profile");
+    let refusal = String::from_utf8_lossy(&fetch("?name=mallory")).into_owned();
+    assert!(refusal.contains("no client certificate named"), "{refusal}");
+
     // The running gateway says nothing about stale packages until the settings change.
     let config = std::fs::read_to_string(&gw.config_path).unwrap();
     std::fs::write(

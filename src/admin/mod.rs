@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +43,8 @@ pub enum AdminRequest {
     Unrevoke(Thumbprint),
     Reload,
     Metrics,
+    /// A client configuration package, for one user (with their credentials) or any.
+    ClientPackage(Option<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,7 @@ pub enum AdminReply {
     Json(serde_json::Value),
     /// Prometheus text exposition.
     Metrics(String),
+    Zip(Vec<u8>),
 }
 
 /// A refused or failed admin request: an HTTP status and a reason for the operator.
@@ -130,6 +133,7 @@ fn router(calls: mpsc::Sender<AdminCall>) -> Router {
         .route("/v1/revocations/{thumbprint}", post(revoke).delete(unrevoke))
         .route("/v1/reload", post(|s: State<_>| ask(s, AdminRequest::Reload)))
         .route("/metrics", get(|s: State<_>| ask(s, AdminRequest::Metrics)))
+        .route("/v1/client-package", get(client_package))
         .fallback(|| async {
             error_response(AdminError::not_found("no such endpoint; see docs/admin-api.openapi.json"))
         })
@@ -144,6 +148,7 @@ async fn ask(State(calls): State<mpsc::Sender<AdminCall>>, request: AdminRequest
     }
     match answer.await {
         Ok(Ok(AdminReply::Json(value))) => axum::Json(value).into_response(),
+        Ok(Ok(AdminReply::Zip(bytes))) => ([(header::CONTENT_TYPE, "application/zip")], bytes).into_response(),
         Ok(Ok(AdminReply::Metrics(text))) => {
             ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
                 .into_response()
@@ -199,6 +204,15 @@ async fn unrevoke(calls: State<mpsc::Sender<AdminCall>>, UrlPath(t): UrlPath<Str
         Ok(t) => ask(calls, AdminRequest::Unrevoke(t)).await,
         Err(e) => error_response(e),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct PackageQuery {
+    name: Option<String>,
+}
+
+async fn client_package(calls: State<mpsc::Sender<AdminCall>>, query: Query<PackageQuery>) -> Response {
+    ask(calls, AdminRequest::ClientPackage(query.0.name)).await
 }
 
 async fn require_bearer(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
@@ -335,7 +349,7 @@ mod tests {
                 documented += 1;
             }
         }
-        assert_eq!(documented, 12);
+        assert_eq!(documented, 13);
         assert_eq!(status(&router, "GET", "/v1/nothing").await, 404);
         assert_eq!(status(&router, "PUT", "/v1/sessions").await, 405);
         assert_eq!(status(&router, "DELETE", "/v1/sessions/not-a-number").await, 400);

@@ -65,9 +65,20 @@ impl ControlPlane {
             AdminRequest::Unrevoke(thumbprint) => self.unrevoke(thumbprint),
             AdminRequest::Reload => self.reload().await.map(AdminReply::Json),
             AdminRequest::Metrics => Ok(AdminReply::Metrics(metrics::render(self))),
+            AdminRequest::ClientPackage(name) => self.client_package(name.as_deref()),
         };
         // The caller may have gone away; nothing to do then.
         let _ = call.reply.send(answer);
+    }
+
+    fn client_package(&self, name: Option<&str>) -> Result<AdminReply, AdminError> {
+        let zip = crate::package::client_package(&self.config, name)
+            .map_err(|e| AdminError::bad_request(format!("{e:#}")))?;
+        if let Err(e) = crate::package::record_package_settings(&self.config) {
+            warn!(error = %format!("{e:#}"), "cannot record the client package's settings");
+        }
+        info!(user = name.unwrap_or("any"), "client package made through the admin API");
+        Ok(AdminReply::Zip(zip))
     }
 
     fn session_views(&self) -> Vec<SessionView> {

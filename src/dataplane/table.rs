@@ -162,8 +162,8 @@ impl SessionTable {
         self.by_peer_id.get(peer_id as usize).and_then(|slot| slot.load_full())
     }
 
-    /// The session for packets to `address`. Workers hold a guard from
-    /// [`Self::address_guard`] across a batch and use [`Self::lookup_address`].
+    /// A read guard on the sessions by tunnel address. Workers hold one across a batch
+    /// of TUN packets and look each destination up with its `get`.
     pub fn address_guard(
         &self,
     ) -> papaya::HashMapRef<'_, Ipv4Addr, Arc<SessionShared>, std::hash::RandomState, papaya::LocalGuard<'_>> {
