@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 const CONNECT: Duration = Duration::from_secs(30);
 
@@ -33,15 +32,6 @@ fn cli_fails(gw: &Gateway, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn sessions(gw: &Gateway) -> Vec<Value> {
-    let json: Value = serde_json::from_str(&cli(gw, &["sessions", "--json"])).expect("sessions JSON");
-    json["sessions"].as_array().cloned().expect("a sessions array")
-}
-
-fn session_of<'a>(list: &'a [Value], user: &str) -> Option<&'a Value> {
-    list.iter().find(|s| s["user"] == user)
-}
-
 #[test]
 fn sessions_are_listed_disconnected_and_revoked_at_once() {
     let topo = Topology::new(2);
@@ -53,7 +43,7 @@ fn sessions_are_listed_disconnected_and_revoked_at_once() {
     // Written now: a revoked certificate gets no profile.
     let bob_udp_profile = gw.profile("bob", "udp");
 
-    let before = sessions(&gw);
+    let before = gw.sessions();
     assert_eq!(before.len(), 2, "{before:?}");
     let a = session_of(&before, "alice").expect("alice listed");
     assert_eq!(a["protocol"], "openvpn-udp");
@@ -66,7 +56,7 @@ fn sessions_are_listed_disconnected_and_revoked_at_once() {
 
     let p = ping(topo.client(0), VNET_HOST_ADDR, 5, Duration::from_millis(100));
     assert!(p.all_received(), "{}", p.output);
-    let after = sessions(&gw);
+    let after = gw.sessions();
     let (a0, a1) = (a, session_of(&after, "alice").unwrap());
     for counter in ["bytes_in", "bytes_out", "packets_in", "packets_out"] {
         assert!(a1[counter].as_u64() > a0[counter].as_u64(), "{counter} grew: {a0} → {a1}");
@@ -81,7 +71,7 @@ fn sessions_are_listed_disconnected_and_revoked_at_once() {
     // Connected clients: wait for the notice itself (wait_failed stops at "connected").
     alice.wait_for_log("disconnected by the administrator", Duration::from_secs(5)).expect("alice's client is told");
     gw.wait_for_line(&["client disconnected", "user=alice"], Duration::from_secs(5)).unwrap();
-    assert!(session_of(&sessions(&gw), "alice").is_none());
+    assert!(session_of(&gw.sessions(), "alice").is_none());
     let err = cli_fails(&gw, &["disconnect", &id]);
     assert!(err.contains(&format!("no session {id}")), "{err}");
     let metrics = metrics_text(&gw);
@@ -92,7 +82,7 @@ fn sessions_are_listed_disconnected_and_revoked_at_once() {
     let out = cli(&gw, &["revoke", &bob_thumbprint]);
     assert!(out.contains("sessions cut: 1"), "{out}");
     bob.wait_for_log("AUTH_FAILED", Duration::from_secs(2)).expect("bob's client is cut");
-    assert!(wait_until(Duration::from_secs(2), Duration::from_millis(20), || sessions(&gw).is_empty()));
+    assert!(wait_until(Duration::from_secs(2), Duration::from_millis(20), || gw.sessions().is_empty()));
     eprintln!("revocation cut the session in {:?}", started.elapsed());
     let bob_again = OpenVpnClient::start(topo.client(1), &bob_udp_profile, &[]);
     bob_again.wait_failed("TLS Error", CONNECT).expect("a revoked certificate is refused");
@@ -215,7 +205,7 @@ fn reload_adds_a_route_keeps_sessions_flowing_and_refuses_a_bad_config() {
     let summary = parse_ping_summary(&pinger.log_text());
     let lost = summary.sent - summary.received;
     assert!(summary.sent == 200 && lost <= 1, "bob lost {lost} of {} pings across the reloads", summary.sent);
-    assert_eq!(sessions(&gw).len(), 2, "both sessions survived");
+    assert_eq!(gw.sessions().len(), 2, "both sessions survived");
 
     // Alice reconnects and receives the new route.
     alice.kill();

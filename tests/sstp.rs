@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 const CONNECT: Duration = Duration::from_secs(30);
 
@@ -103,29 +102,25 @@ fn check_traffic(topo: &Topology, k: usize, port: u16) -> (f64, f64) {
     (up.bits_per_second / 1e6, down.bits_per_second / 1e6)
 }
 
-fn sessions(gw: &Gateway) -> Vec<Value> {
-    let out = p2sgw(&["sessions", "--json", "--config", path(&gw.config_path)]);
-    let json: Value = serde_json::from_str(&out).expect("sessions JSON");
-    json["sessions"].as_array().cloned().expect("a sessions array")
-}
-
-fn session_of<'a>(list: &'a [Value], user: &str) -> Option<&'a Value> {
-    list.iter().find(|s| s["user"] == user)
+/// A real FreeRADIUS in the vnet knowing carol, and an SSTP gateway asking it.
+fn carol_behind_freeradius(topo: &Topology) -> (FreeRadius, Gateway) {
+    let radius = FreeRadius::start(
+        topo.vnet(),
+        RadiusOptions { users: vec![RadiusUser::new("carol", "s3cret-Pass")], ..Default::default() },
+    );
+    let gw = Gateway::start(topo, GatewayOptions { extra: radius_config(""), ..Default::default() });
+    (radius, gw)
 }
 
 #[test]
 fn ms_chap_v2_through_freeradius_reaches_the_vnet() {
     let topo = Topology::new(1);
-    let radius = FreeRadius::start(
-        topo.vnet(),
-        RadiusOptions { users: vec![RadiusUser::new("carol", "s3cret-Pass")], ..Default::default() },
-    );
-    let gw = Gateway::start(&topo, GatewayOptions { extra: radius_config(""), ..Default::default() });
+    let (radius, gw) = carol_behind_freeradius(&topo);
     let client = connect_sstp(&topo, &gw, 0, "carol", "s3cret-Pass");
     let (up, down) = check_traffic(&topo, 0, 5201);
     eprintln!("SSTP: up {up:.0} Mbit/s, down {down:.0} Mbit/s");
 
-    let list = sessions(&gw);
+    let list = gw.sessions();
     let carol = session_of(&list, "carol").unwrap_or_else(|| panic!("carol listed: {list:?}"));
     assert_eq!(carol["protocol"], "sstp");
     assert_eq!(carol["auth"], "radius");
@@ -138,34 +133,26 @@ fn ms_chap_v2_through_freeradius_reaches_the_vnet() {
     client.kill();
     let stop = radius.wait_for_accounting(|r| r.status_type == "Stop", Duration::from_secs(10)).unwrap();
     assert_eq!(stop.user_name.as_deref(), Some("carol"));
-    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(50), || sessions(&gw).is_empty()));
+    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(50), || gw.sessions().is_empty()));
 }
 
 #[test]
 fn wrong_password_is_refused() {
     let topo = Topology::new(1);
-    let radius = FreeRadius::start(
-        topo.vnet(),
-        RadiusOptions { users: vec![RadiusUser::new("carol", "s3cret-Pass")], ..Default::default() },
-    );
-    let gw = Gateway::start(&topo, GatewayOptions { extra: radius_config(""), ..Default::default() });
+    let (radius, gw) = carol_behind_freeradius(&topo);
     let client = start_sstp(&topo, &gw, 0, "carol", "wrong", &["--expect-fail"]);
     let status = client.wait_exit(CONNECT).expect("the client gives up");
     assert!(status.success(), "refused as expected: {}", client.log_tail(10));
     assert!(client.log_text().contains("SSTP refused"), "{}", client.log_tail(10));
     gw.wait_for_line(&["authentication refused", "transport=\"sstp\"", "carol"], Duration::from_secs(5)).unwrap();
-    assert!(sessions(&gw).is_empty());
+    assert!(gw.sessions().is_empty());
     drop(radius);
 }
 
 #[test]
 fn openvpn_tcp_and_sstp_share_port_443() {
     let topo = Topology::new(2);
-    let radius = FreeRadius::start(
-        topo.vnet(),
-        RadiusOptions { users: vec![RadiusUser::new("carol", "s3cret-Pass")], ..Default::default() },
-    );
-    let gw = Gateway::start(&topo, GatewayOptions { extra: radius_config(""), ..Default::default() });
+    let (radius, gw) = carol_behind_freeradius(&topo);
     gw.issue("alice");
     let profile = gw.profile("alice", "tcp");
     let openvpn = OpenVpnClient::start(topo.client(0), &profile, &[]);
@@ -178,7 +165,7 @@ fn openvpn_tcp_and_sstp_share_port_443() {
         "throughput through p2sgw, same run: OpenVPN-over-TCP up {ovpn_up:.0} / down {ovpn_down:.0} Mbit/s; \
          SSTP up {sstp_up:.0} / down {sstp_down:.0} Mbit/s"
     );
-    let list = sessions(&gw);
+    let list = gw.sessions();
     assert_eq!(session_of(&list, "alice").map(|s| s["protocol"].clone()), Some("openvpn-tcp".into()));
     assert_eq!(session_of(&list, "carol").map(|s| s["protocol"].clone()), Some("sstp".into()));
     drop((sstp, openvpn, radius));
@@ -205,7 +192,7 @@ fn local_nt_hash_users_without_radius() {
     let client = connect_sstp(&topo, &gw, 0, "dave", "Passw0rd!");
     let p = ping(topo.client(0), VNET_HOST_ADDR, 3, Duration::from_millis(200));
     assert!(p.all_received(), "ping through the tunnel: {}", p.output);
-    let list = sessions(&gw);
+    let list = gw.sessions();
     let dave = session_of(&list, "dave").unwrap_or_else(|| panic!("dave listed: {list:?}"));
     assert_eq!(dave["protocol"], "sstp");
     assert_eq!(dave["auth"], "local");
@@ -220,20 +207,16 @@ fn local_nt_hash_users_without_radius() {
 #[test]
 fn disconnect_cuts_the_sstp_session() {
     let topo = Topology::new(1);
-    let radius = FreeRadius::start(
-        topo.vnet(),
-        RadiusOptions { users: vec![RadiusUser::new("carol", "s3cret-Pass")], ..Default::default() },
-    );
-    let gw = Gateway::start(&topo, GatewayOptions { extra: radius_config(""), ..Default::default() });
+    let (radius, gw) = carol_behind_freeradius(&topo);
     let client = connect_sstp(&topo, &gw, 0, "carol", "s3cret-Pass");
-    let list = sessions(&gw);
+    let list = gw.sessions();
     let id = session_of(&list, "carol").expect("carol listed")["id"].to_string();
     let out = p2sgw(&["disconnect", &id, "--config", path(&gw.config_path)]);
     assert!(out.contains("disconnected"), "{out}");
     let status = client.wait_exit(Duration::from_secs(10)).expect("the client is cut");
     assert_eq!(status.code(), Some(2), "ended by the gateway: {}", client.log_tail(10));
     assert!(client.log_text().contains("SSTP disconnected"), "{}", client.log_tail(10));
-    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(50), || sessions(&gw).is_empty()));
+    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(50), || gw.sessions().is_empty()));
     gw.wait_for_line(&["client disconnected", "user=carol"], Duration::from_secs(5)).unwrap();
     drop(radius);
 }
@@ -255,7 +238,7 @@ fn capture_decodes_in_tshark() {
     client.wait_for_log("SSTP connected", CONNECT).expect("connects");
     let p = ping(topo.client(0), VNET_HOST_ADDR, 3, Duration::from_millis(200));
     assert!(p.all_received(), "ping through the tunnel: {}", p.output);
-    let id = session_of(&sessions(&gw), "dave").expect("dave listed")["id"].to_string();
+    let id = session_of(&gw.sessions(), "dave").expect("dave listed")["id"].to_string();
     p2sgw(&["disconnect", &id, "--config", path(&gw.config_path)]);
     client.wait_exit(Duration::from_secs(10)).expect("the client is cut");
     std::thread::sleep(Duration::from_millis(500));

@@ -127,6 +127,13 @@ reneg_secs = {reneg}
         out
     }
 
+    /// The running gateway's sessions, as `p2sgw sessions --json` lists them.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        let out = p2sgw(&["sessions", "--json", "--config", path(&self.config_path)]);
+        let json: serde_json::Value = serde_json::from_str(&out).expect("sessions JSON");
+        json["sessions"].as_array().cloned().expect("a sessions array")
+    }
+
     pub fn log(&self) -> String {
         self.process.log_text()
     }
@@ -138,6 +145,11 @@ reneg_secs = {reneg}
             log.lines().any(|l| parts.iter().all(|p| l.contains(p))).then_some(Ok(()))
         })
     }
+}
+
+/// The session of `user` in a list from [`Gateway::sessions`].
+pub fn session_of<'a>(list: &'a [serde_json::Value], user: &str) -> Option<&'a serde_json::Value> {
+    list.iter().find(|s| s["user"] == user)
 }
 
 pub fn path(p: &Path) -> &str {
