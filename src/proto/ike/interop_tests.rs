@@ -281,6 +281,16 @@ impl Driver {
         eprintln!("{what}: {:?}", started.elapsed());
     }
 
+    /// Starts one of our exchanges (a rekey): the responder refuses while another of its
+    /// requests is in flight (its own DPD may be), so pump until it takes it.
+    fn start(&mut self, charon: &Charon, what: &str, mut start: impl FnMut(&mut Responder) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !start(&mut self.responder) {
+            assert!(Instant::now() < deadline, "the responder never took {what}\n{}", charon.log());
+            self.pump(Duration::from_millis(50), |_| false);
+        }
+    }
+
     fn send(&self, local: SocketAddr, remote: SocketAddr, message: &[u8]) {
         if local.port() == 4500 {
             let framed = [&[0u8, 0, 0, 0][..], message].concat();
@@ -481,14 +491,14 @@ fn run(scenario: Scenario) {
 
         // The gateway rekeys the CHILD SA, then the IKE SA.
         driver.events.clear();
-        assert!(driver.responder.rekey_child(Instant::now(), session, new.inbound_spi), "{}", charon.log());
+        driver.start(&charon, "our CHILD rekey", |r| r.rekey_child(Instant::now(), session, new.inbound_spi));
         driver.expect(&charon, "our CHILD rekey", |e| e.iter().any(is_rekeyed));
         let Some(Event::ChildSaRekeyed { new, .. }) = driver.events.iter().find(|e| is_rekeyed(e)).cloned() else {
             unreachable!("waited for it")
         };
         driver.pump(Duration::from_secs(2), |_| false);
         assert!(charon_child_keys(&charon.log()).contains(&keys(&new, false)), "{}", charon.log());
-        assert!(driver.responder.rekey_ike(Instant::now(), session), "{}", charon.log());
+        driver.start(&charon, "our IKE rekey", |r| r.rekey_ike(Instant::now(), session));
         driver.expect(&charon, "our IKE rekey", |e| e.iter().any(|e| matches!(e, Event::IkeSaRekeyed { .. })));
         driver.pump(Duration::from_secs(2), |_| false);
         let sas = String::from_utf8_lossy(&charon.swanctl(&["--list-sas"]).stdout).into_owned();
