@@ -48,6 +48,7 @@ pub struct Config {
     pub token: TokenConfig,
     pub admin: AdminConfig,
     pub sstp: SstpConfig,
+    pub ikev2: Ikev2Config,
     /// Where each key was written; empty for a configuration built in code. Not part of
     /// the configuration itself: it never affects equality and is never serialized.
     #[serde(skip)]
@@ -374,6 +375,34 @@ pub struct SstpConfig {
     pub local_users_file: Option<PathBuf>,
     /// Accept the SHA-1 crypto binding besides SHA-256 (only for very old clients).
     pub allow_sha1_binding: bool,
+}
+
+/// IKEv2/IPsec, the protocol built into Windows, macOS, iOS and Android, and spoken by
+/// strongSwan: IKE on UDP 500 and 4500, ESP in UDP on 4500 (RFC 3948), handled in
+/// userspace by the same workers as OpenVPN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ikev2Config {
+    pub enabled: bool,
+    /// Addresses to serve IKEv2 on; each gets a socket on port 500 and one on 4500.
+    pub listen: Vec<IpAddr>,
+    /// Also accept what stock Windows proposes: DH group 2 (MODP-1024), SHA-1 and
+    /// AES-CBC for IKE. Weak; only for clients that cannot be configured.
+    pub legacy_windows: bool,
+    /// A client not heard from for this long gets a liveness check; one that does not
+    /// answer it (after retransmissions) loses its session and address.
+    pub dpd_secs: u32,
+}
+
+impl Default for Ikev2Config {
+    fn default() -> Self {
+        Ikev2Config {
+            enabled: false,
+            listen: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            legacy_windows: false,
+            dpd_secs: 30,
+        }
+    }
 }
 
 impl Default for TokenConfig {

@@ -160,6 +160,13 @@ pub(super) fn effective_toml(config: &Config) -> String {
         None => out.comment("local_users_file = \"/etc/p2sgw/sstp-users\"  (unset: RADIUS checks every user)"),
     }
     out.key("allow_sha1_binding", sstp.allow_sha1_binding, None);
+
+    let ikev2 = &config.ikev2;
+    out.section("ikev2");
+    out.key("enabled", ikev2.enabled, None);
+    out.key("listen", strings(&ikev2.listen), None);
+    out.key("legacy_windows", ikev2.legacy_windows, None);
+    out.key("dpd_secs", ikev2.dpd_secs, None);
     out.text
 }
 

@@ -71,6 +71,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("admin", &["socket", "tcp", "token_file"]),
     ("sstp", &["enabled", "local_users_file", "allow_sha1_binding"]),
+    ("ikev2", &["enabled", "listen", "legacy_windows", "dpd_secs"]),
 ];
 
 /// Where a configuration came from and where each of its keys was written.
@@ -287,7 +288,7 @@ fn element_error(path: &str, element: &Spanned<DeValue<'_>>) -> Option<String> {
     match path {
         "listen.udp" | "listen.tcp" | "radius.servers" | "radius.accounting_servers" => check::<SocketAddr>(element),
         "network.routes" => check::<Ipv4Net>(element),
-        "network.dns_servers" => check::<IpAddr>(element),
+        "network.dns_servers" | "ikev2.listen" => check::<IpAddr>(element),
         "network.dns_search"
         | "network.group_pools"
         | "pki.revoked_thumbprints"
@@ -310,6 +311,7 @@ fn expected_form(path: &str) -> Option<&'static str> {
         "network.pool" => Some("an IPv4 prefix, e.g. \"10.8.0.0/24\""),
         "network.routes" => Some("a list of IPv4 prefixes, e.g. [\"10.1.0.0/16\"]"),
         "network.dns_servers" => Some("a list of IP addresses, e.g. [\"10.1.0.4\"]"),
+        "ikev2.listen" => Some("a list of IP addresses without ports, e.g. [\"0.0.0.0\"]"),
         "radius.servers" | "radius.accounting_servers" => {
             Some("a list of addresses with ports, e.g. [\"10.1.0.5:1812\"]")
         }

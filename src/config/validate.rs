@@ -35,7 +35,36 @@ pub(super) fn violations(config: &Config) -> Vec<Problem> {
     check_auth(config, &mut problems);
     check_admin(config, &mut problems);
     check_sstp(config, &mut problems);
+    check_ikev2(config, &mut problems);
     problems
+}
+
+fn check_ikev2(config: &Config, problems: &mut Vec<Problem>) {
+    let ikev2 = &config.ikev2;
+    if ikev2.dpd_secs == 0 || ikev2.dpd_secs > 3600 {
+        problems.push(Problem::new(&["ikev2.dpd_secs"], "ikev2.dpd_secs must be between 1 and 3600".to_string()));
+    }
+    if !ikev2.enabled {
+        return;
+    }
+    if ikev2.listen.is_empty() {
+        problems
+            .push(Problem::new(&["ikev2.enabled", "ikev2.listen"], "ikev2.enabled needs a listen address".to_string()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for address in &ikev2.listen {
+        if !seen.insert(address) {
+            problems.push(Problem::new(&["ikev2.listen"], format!("ikev2.listen names {address} twice")));
+        }
+    }
+    if !config.auth.require.iter().any(|r| !r.token && (r.certificate || r.radius) && !(r.certificate && r.radius)) {
+        problems.push(Problem::new(
+            &["ikev2.enabled", "auth.require"],
+            "ikev2.enabled needs \"certificate\" or \"radius\" alone in auth.require: IKEv2 clients sign in \
+             with a certificate or with EAP-MSCHAPv2 (checked by RADIUS)"
+                .to_string(),
+        ));
+    }
 }
 
 fn check_sstp(config: &Config, problems: &mut Vec<Problem>) {
