@@ -1,6 +1,7 @@
 //! `p2sgw serve`: loads and checks everything, then starts the data plane and runs the
 //! control plane until SIGTERM/SIGINT.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,10 +11,11 @@ use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::control::ike::{self, SharedTrust};
 use crate::control::{ControlPlane, tls};
 use crate::dataplane::counters::WorkerCounters;
 use crate::dataplane::table::SessionTable;
-use crate::dataplane::{Dataplane, Inbox, Settings, Shared, WorkerIo, sys, tun};
+use crate::dataplane::{Dataplane, Inbox, Settings, Shared, UdpRole, WorkerIo, sys, tun};
 use crate::pki::{KeyAlgorithm, Pki, ServerIdentity, TrustStore};
 use crate::pool::AddressPool;
 use crate::proto::openvpn::keys::Role;
@@ -86,9 +88,11 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
         config.openvpn.tun_mtu,
         workers,
     )?;
+    let ike_trust = Arc::new(SharedTrust::new(trust.clone()));
+    let ike_credential = if config.ikev2.enabled { Some(ike::credential(&identity)?) } else { None };
     let mut io = Vec::with_capacity(workers);
-    for tun in tun_queues {
-        let udp = config
+    for (index, tun) in tun_queues.into_iter().enumerate() {
+        let mut udp = config
             .listen
             .udp
             .iter()
@@ -100,7 +104,23 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
             .iter()
             .map(|a| sys::tcp_listener(a).with_context(|| format!("cannot listen on TCP {a}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        io.push(WorkerIo { udp, tcp, tun });
+        let mut udp_roles = vec![UdpRole::OpenVpn; udp.len()];
+        let mut ike = None;
+        if let Some(credential) = &ike_credential {
+            for ip in &config.ikev2.listen {
+                for (port, role) in [(500, UdpRole::Ike as fn(SocketAddr) -> UdpRole), (4500, UdpRole::NatT)] {
+                    let address = SocketAddr::new(*ip, port);
+                    udp.push(
+                        sys::udp_socket(&address)
+                            .with_context(|| format!("cannot listen for IKEv2 on UDP {address}"))?,
+                    );
+                    udp_roles.push(role(address));
+                }
+            }
+            let tag = u8::try_from(index).context("IKEv2 serves at most 256 workers")?;
+            ike = Some(Arc::new(ike::responder_config(&config, credential.clone(), ike_trust.clone(), tag)));
+        }
+        io.push(WorkerIo { udp, udp_roles, tcp, tun, ike });
     }
     let (to_control, events) = tokio::sync::mpsc::unbounded_channel();
     let inboxes = (0..workers).map(|_| Inbox::new().map(Arc::new)).collect::<std::io::Result<Vec<_>>>()?;
@@ -133,6 +153,7 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
         pool = %config.network.pool,
         udp = ?config.listen.udp,
         tcp = ?config.listen.tcp,
+        ikev2 = ?config.ikev2.enabled.then_some(&config.ikev2.listen),
         ciphers = ?config.openvpn.data_ciphers.iter().map(|c| c.openvpn_name()).collect::<Vec<_>>(),
         "gateway up"
     );
@@ -147,8 +168,16 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         let (admin_calls, admin_requests) = tokio::sync::mpsc::channel(64);
         crate::admin::start(&config, &identity, admin_calls).await?;
-        let control =
-            ControlPlane::new(config, config_path.map(Path::to_path_buf), shared, tun_device, identity, trust).await?;
+        let control = ControlPlane::new(
+            config,
+            config_path.map(Path::to_path_buf),
+            shared,
+            tun_device,
+            identity,
+            trust,
+            ike_trust,
+        )
+        .await?;
         control.run(events, admin_requests).await
     });
     dataplane.shutdown();

@@ -337,10 +337,10 @@ fn check_gateway(config: &Config, problems: &mut Vec<Problem>) {
 
 fn check_listen(config: &Config, problems: &mut Vec<Problem>) {
     let listen = &config.listen;
-    if listen.udp.is_empty() && listen.tcp.is_empty() {
+    if listen.udp.is_empty() && listen.tcp.is_empty() && !config.ikev2.enabled {
         problems.push(Problem::new(
             &["listen.udp", "listen.tcp"],
-            "no listen address: set at least one of listen.udp and listen.tcp".to_string(),
+            "no listen address: set at least one of listen.udp and listen.tcp, or enable ikev2".to_string(),
         ));
     }
     for (key, addresses) in [("listen.udp", &listen.udp), ("listen.tcp", &listen.tcp)] {

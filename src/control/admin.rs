@@ -452,6 +452,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check("openvpn.tun_mtu", old.openvpn.tun_mtu != new.openvpn.tun_mtu);
     check("pki.tls_crypt_key", old.tls_crypt_key_path() != new.tls_crypt_key_path());
     check("admin", old.admin != new.admin);
+    // The responders' settings and sockets are made at start.
+    check("ikev2", old.ikev2 != new.ikev2);
     keys
 }
 

@@ -11,6 +11,7 @@
 
 mod admin;
 pub mod auth;
+pub mod ike;
 mod leases;
 mod metrics;
 pub mod pools;
@@ -167,6 +168,12 @@ pub struct ControlPlane {
     local_users: sstp::LocalUsers,
     /// Refusals by kind, for the statistics.
     refusals: BTreeMap<&'static str, u64>,
+    /// What the IKEv2 responders check certificates against (kept in step with `trust`).
+    ike_trust: Arc<ike::SharedTrust>,
+    /// IKEv2 clients in an EAP conversation with RADIUS.
+    ike_eap: HashMap<LocalHandle, ike::EapConversation>,
+    ike_eap_outcomes: UnboundedSender<ike::EapOutcome>,
+    ike_eap_outcomes_rx: Option<UnboundedReceiver<ike::EapOutcome>>,
 }
 
 impl ControlPlane {
@@ -179,6 +186,7 @@ impl ControlPlane {
         tun: tun_rs::SyncDevice,
         server_identity: ServerIdentity,
         trust: TrustStore,
+        ike_trust: Arc<ike::SharedTrust>,
     ) -> anyhow::Result<Self> {
         let radius =
             if config.radius.servers.is_empty() { None } else { Some(RadiusService::start(&config.radius).await?) };
@@ -187,6 +195,7 @@ impl ControlPlane {
         let leases = Leases::load(&config.gateway.state_dir);
         let (outcomes, outcomes_rx) = unbounded_channel();
         let (sstp_outcomes, sstp_outcomes_rx) = unbounded_channel();
+        let (ike_eap_outcomes, ike_eap_outcomes_rx) = unbounded_channel();
         let local_users = sstp::LocalUsers::load(&config)?;
         Ok(ControlPlane {
             trust_stamp: TrustStore::stamp(&config),
@@ -215,6 +224,10 @@ impl ControlPlane {
             sstp_outcomes_rx: Some(sstp_outcomes_rx),
             local_users,
             refusals: BTreeMap::new(),
+            ike_trust,
+            ike_eap: HashMap::new(),
+            ike_eap_outcomes,
+            ike_eap_outcomes_rx: Some(ike_eap_outcomes_rx),
         })
     }
 
@@ -233,6 +246,7 @@ impl ControlPlane {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outcomes = self.outcomes_rx.take().context("the control plane runs once")?;
         let mut sstp_outcomes = self.sstp_outcomes_rx.take().context("the control plane runs once")?;
+        let mut ike_eap_outcomes = self.ike_eap_outcomes_rx.take().context("the control plane runs once")?;
         if let Some(tokens) = &self.tokens {
             spawn_key_refresh(tokens);
         }
@@ -241,6 +255,7 @@ impl ControlPlane {
                 Some(event) = events.recv() => self.on_event(event),
                 Some(outcome) = outcomes.recv() => self.finish(outcome),
                 Some(outcome) = sstp_outcomes.recv() => self.finish_sstp(outcome),
+                Some(outcome) = ike_eap_outcomes.recv() => self.finish_ike_eap(outcome),
                 _ = tick.tick() => self.on_tick(),
                 Some(call) = admin.recv() => self.on_admin(call).await,
                 _ = sighup.recv() => {
@@ -264,6 +279,10 @@ impl ControlPlane {
                 self.authenticate(handle, peer, transport, request)
             }
             ControlEvent::VerifySstp { handle, peer, request } => self.verify_sstp(handle, peer, *request),
+            ControlEvent::AuthorizeIke { handle, peer, request } => self.authorize_ike(handle, peer, *request),
+            ControlEvent::IkeEap { handle, peer, identity, message } => {
+                self.relay_ike_eap(handle, peer, identity, message)
+            }
             ControlEvent::Closed { handle, peer, peer_id, address, traffic, reason } => {
                 self.closed(handle, peer, peer_id, address, traffic, reason)
             }
@@ -579,7 +598,7 @@ impl ControlPlane {
             %peer,
             transport,
             %address,
-            cipher = client.cipher.map_or_else(|| "TLS".to_string(), |c| c.to_string()),
+            cipher = client.cipher.map_or_else(|| if transport == "ikev2" { "ESP" } else { "TLS" }.to_string(), |c| c.to_string()),
             client = client.version.unwrap_or("unknown"),
             platform = client.platform.unwrap_or("unknown"),
             "client connected"
@@ -676,6 +695,7 @@ impl ControlPlane {
         traffic: Option<Traffic>,
         reason: CloseReason,
     ) {
+        self.ike_eap.remove(&handle);
         let Some(peer_id) = peer_id else {
             match &reason {
                 CloseReason::Tls(e) => warn!(%peer, error = %e, "TLS handshake failed"),
@@ -793,6 +813,7 @@ impl ControlPlane {
             }
         }
         info!(roots = trust.root_count(), revoked = trust.revoked_count(), "trust material reloaded");
+        self.ike_trust.replace(trust.clone());
         self.trust = trust;
         let revoked: Vec<u32> = self
             .sessions
@@ -888,7 +909,7 @@ impl Admission {
 /// The protocol a session list shows for a record's transport ("udp", "tcp", "sstp").
 fn protocol_name(transport: &str) -> String {
     match transport {
-        "sstp" => "sstp".to_string(),
+        "sstp" | "ikev2" => transport.to_string(),
         openvpn => format!("openvpn-{openvpn}"),
     }
 }

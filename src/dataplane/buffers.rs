@@ -92,36 +92,7 @@ impl BufferPool {
             msg_flags: 0,
         };
         if let Some(from) = from {
-            m.control = [0; 8];
-            m.hdr.msg_control = m.control.as_mut_ptr().cast();
-            // SAFETY: the control buffer (64 bytes, 8-aligned) holds one cmsghdr with an
-            // in_pktinfo or in6_pktinfo (CMSG_SPACE of either is at most 40 bytes).
-            unsafe {
-                let (level, ty, len) = match from {
-                    IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>()),
-                    IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>()),
-                };
-                m.hdr.msg_controllen = libc::CMSG_SPACE(len as u32) as usize;
-                let c = libc::CMSG_FIRSTHDR(&m.hdr);
-                (*c).cmsg_level = level;
-                (*c).cmsg_type = ty;
-                (*c).cmsg_len = libc::CMSG_LEN(len as u32) as usize;
-                match from {
-                    IpAddr::V4(a) => {
-                        let info = libc::in_pktinfo {
-                            ipi_ifindex: 0,
-                            ipi_spec_dst: libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) },
-                            ipi_addr: libc::in_addr { s_addr: 0 },
-                        };
-                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
-                    }
-                    IpAddr::V6(a) => {
-                        let info =
-                            libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: a.octets() }, ipi6_ifindex: 0 };
-                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
-                    }
-                }
-            }
+            sys::set_source_address(&mut m.hdr, &mut m.control, from);
         }
         &m.hdr
     }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
+use crate::proto::ike;
 use crate::proto::openvpn::session::{AuthDecision, AuthRequest, CloseReason, ServerSettings};
 use crate::proto::openvpn::tls_crypt::TlsCrypt;
 use crate::proto::ppp::{AuthVerdict, MsChapV2Verify, NetworkConfig};
@@ -51,6 +52,9 @@ pub struct SstpListener {
 pub enum SessionKind {
     OpenVpn,
     Sstp,
+    /// An IKE session of the worker's responder (its 64-bit id split into slot and
+    /// generation).
+    Ike,
 }
 
 /// Identifies a worker-local session across messages (slot and generation).
@@ -71,6 +75,12 @@ pub enum ControlEvent {
     /// An SSTP client's MS-CHAPv2 response: check it, and answer with
     /// [`WorkerCommand::SstpAuthResult`].
     VerifySstp { handle: LocalHandle, peer: SocketAddr, request: Box<MsChapV2Verify> },
+    /// An IKEv2 client authenticated (certificate checked, or EAP accepted by RADIUS):
+    /// decide, and answer with [`WorkerCommand::IkeAuthorization`].
+    AuthorizeIke { handle: LocalHandle, peer: SocketAddr, request: Box<ike::AuthRequest> },
+    /// An EAP message from an IKEv2 client, for RADIUS; answer with
+    /// [`WorkerCommand::IkeEapReply`].
+    IkeEap { handle: LocalHandle, peer: SocketAddr, identity: String, message: Vec<u8> },
     /// A session ended. `peer_id`/`address`/`traffic` are set when it held a grant.
     Closed {
         handle: LocalHandle,
@@ -94,6 +104,23 @@ pub enum WorkerCommand {
         handle: LocalHandle,
         verdict: AuthVerdict,
         grant: Option<SstpGrant>,
+    },
+    /// The decision on an IKEv2 client, with its peer-id when admitted.
+    IkeAuthorization {
+        handle: LocalHandle,
+        decision: ike::Authorization,
+        peer_id: Option<u32>,
+    },
+    IkeEapReply {
+        handle: LocalHandle,
+        reply: ike::EapReply,
+    },
+    /// An IKE message for an SA this worker owns, received by another worker (the
+    /// kernel spreads port 500 and port 4500 flows over workers independently).
+    IkeDatagram {
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: Vec<u8>,
     },
     /// Ends a session; `notice` is sent to the client first (e.g. "RESTART",
     /// "AUTH_FAILED,certificate revoked").
@@ -185,11 +212,26 @@ impl Shared {
     }
 }
 
+/// What a UDP socket of a worker serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpRole {
+    OpenVpn,
+    /// IKE on port 500, bound to this address.
+    Ike(SocketAddr),
+    /// IKE and ESP on the NAT-T port 4500 (RFC 3948), bound to this address.
+    NatT(SocketAddr),
+}
+
 /// What each worker is given at start.
 pub struct WorkerIo {
     pub udp: Vec<OwnedFd>,
+    /// One per entry of `udp`.
+    pub udp_roles: Vec<UdpRole>,
     pub tcp: Vec<OwnedFd>,
     pub tun: OwnedFd,
+    /// The worker's IKEv2 responder settings (its SPIs tagged with the worker's index),
+    /// when IKEv2 is enabled.
+    pub ike: Option<Arc<ike::ResponderConfig>>,
 }
 
 pub struct Dataplane {

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -70,6 +70,62 @@ pub fn udp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
     }
     bind(&fd, addr)?;
     Ok(fd)
+}
+
+/// Makes `hdr` send from local address `from` (IP_PKTINFO / IPV6_PKTINFO in `control`,
+/// which must outlive the send).
+pub fn set_source_address(hdr: &mut libc::msghdr, control: &mut [u64; 8], from: IpAddr) {
+    *control = [0; 8];
+    hdr.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: the control buffer (64 bytes, 8-aligned) holds one cmsghdr with an
+    // in_pktinfo or in6_pktinfo (CMSG_SPACE of either is at most 40 bytes).
+    unsafe {
+        let (level, ty, len) = match from {
+            IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>()),
+            IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>()),
+        };
+        hdr.msg_controllen = libc::CMSG_SPACE(len as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(hdr);
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = ty;
+        (*c).cmsg_len = libc::CMSG_LEN(len as u32) as usize;
+        match from {
+            IpAddr::V4(a) => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+            }
+            IpAddr::V6(a) => {
+                let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: a.octets() }, ipi6_ifindex: 0 };
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+            }
+        }
+    }
+}
+
+/// Sends one datagram now, with a plain `sendmsg` (for control messages of any size,
+/// such as IKE, outside the ring's fixed buffers).
+pub fn send_datagram(fd: RawFd, data: &[u8], to: &SocketAddr, from: Option<IpAddr>) -> io::Result<()> {
+    let (mut addr, len) = sockaddr_from(to);
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut control = [0u64; 8];
+    let mut hdr = libc::msghdr {
+        msg_name: (&mut addr as *mut libc::sockaddr_storage).cast(),
+        msg_namelen: len,
+        msg_iov: &mut iov,
+        msg_iovlen: 1,
+        msg_control: std::ptr::null_mut(),
+        msg_controllen: 0,
+        msg_flags: 0,
+    };
+    if let Some(from) = from {
+        set_source_address(&mut hdr, &mut control, from);
+    }
+    // SAFETY: hdr points at live locals (address, iovec over `data`, control buffer).
+    cvt(unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT) } as libc::c_int).map(drop)
 }
 
 /// A listening TCP socket in the SO_REUSEPORT group for `addr`.

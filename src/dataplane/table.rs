@@ -7,13 +7,18 @@
 //! itself with the session's shared keys (their packet-id counter is atomic) and sends
 //! it from its own socket in the same SO_REUSEPORT group. TCP streams cannot be written
 //! by two threads, so those packets are handed to the owner.
+//!
+//! IKEv2 sessions send ESP like UDP ones (any worker seals with the session's outbound SA,
+//! whose sequence counter is atomic). Their inbound SAs are found by SPI, by whichever
+//! worker the client's ESP reaches.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::proto::esp::{InboundSa, OutboundSa};
 use crate::proto::openvpn::data::DataKey;
 
 /// How a session's packets reach its client.
@@ -26,12 +31,18 @@ pub enum Transport {
     Tcp { peer: SocketAddr },
     /// SSTP: PPP in TLS over a TCP connection owned by the session's worker.
     Sstp { peer: SocketAddr },
+    /// IKEv2: ESP in UDP (RFC 3948), as the session's [`EspOutbound`] says; `peer` is
+    /// where the client connected from.
+    Esp { peer: SocketAddr },
 }
 
 impl Transport {
     pub fn peer(&self) -> SocketAddr {
         match self {
-            Transport::Udp { peer, .. } | Transport::Tcp { peer } | Transport::Sstp { peer } => *peer,
+            Transport::Udp { peer, .. }
+            | Transport::Tcp { peer }
+            | Transport::Sstp { peer }
+            | Transport::Esp { peer } => *peer,
         }
     }
 }
@@ -42,6 +53,26 @@ impl Transport {
 pub struct KeySet {
     pub send: Option<Arc<DataKey>>,
     pub recv: [Option<Arc<DataKey>>; 8],
+}
+
+/// How an IKEv2 session's packets leave: its current outbound ESP SA, from the NAT-T
+/// socket for listen address `listener` (any worker's), to the client's address.
+/// Replaced whole at a CHILD SA rekey or when the client's address changes.
+pub struct EspOutbound {
+    pub sa: OutboundSa,
+    pub inbound_spi: u32,
+    pub listener: usize,
+    pub peer: SocketAddr,
+    /// Source address when the socket is bound to a wildcard address.
+    pub local: Option<IpAddr>,
+}
+
+/// The receiving half of a CHILD SA. Its replay window needs exclusive access: the
+/// kernel's SO_REUSEPORT hash brings one client's datagrams to one worker, so the lock
+/// is uncontended.
+pub struct EspInbound {
+    pub session: Arc<SessionShared>,
+    pub sa: Mutex<InboundSa>,
 }
 
 /// Traffic counters, updated by whichever worker moves the packet.
@@ -102,6 +133,8 @@ pub struct SessionShared {
     /// Whether the client takes P_DATA_V2 (with the peer-id) or P_DATA_V1.
     pub data_v2: bool,
     pub keys: ArcSwap<KeySet>,
+    /// IKEv2 sessions: where ESP goes (none until the first CHILD SA).
+    pub esp: ArcSwapOption<EspOutbound>,
     pub stats: SessionStats,
 }
 
@@ -114,6 +147,7 @@ impl SessionShared {
             transport,
             data_v2,
             keys: ArcSwap::from_pointee(KeySet::default()),
+            esp: ArcSwapOption::empty(),
             stats: SessionStats::default(),
         }
     }
@@ -122,6 +156,7 @@ impl SessionShared {
 pub struct SessionTable {
     by_peer_id: Box<[ArcSwapOption<SessionShared>]>,
     by_address: papaya::HashMap<Ipv4Addr, Arc<SessionShared>>,
+    by_inbound_spi: papaya::HashMap<u32, Arc<EspInbound>>,
 }
 
 impl SessionTable {
@@ -130,6 +165,7 @@ impl SessionTable {
         SessionTable {
             by_peer_id: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
             by_address: papaya::HashMap::new(),
+            by_inbound_spi: papaya::HashMap::new(),
         }
     }
 
@@ -168,6 +204,19 @@ impl SessionTable {
         &self,
     ) -> papaya::HashMapRef<'_, Ipv4Addr, Arc<SessionShared>, std::hash::RandomState, papaya::LocalGuard<'_>> {
         self.by_address.pin()
+    }
+
+    /// Publishes an inbound ESP SA (SPIs are unique: the responders allocate them).
+    pub fn insert_inbound_sa(&self, spi: u32, sa: Arc<EspInbound>) {
+        self.by_inbound_spi.pin().insert(spi, sa);
+    }
+
+    pub fn remove_inbound_sa(&self, spi: u32) {
+        self.by_inbound_spi.pin().remove(&spi);
+    }
+
+    pub fn inbound_sa(&self, spi: u32) -> Option<Arc<EspInbound>> {
+        self.by_inbound_spi.pin().get(&spi).cloned()
     }
 
     pub fn len(&self) -> usize {

@@ -6,6 +6,8 @@
 //! socket sends as new submissions) before the next single `io_uring_enter`, which both
 //! submits everything and waits for the next batch.
 
+mod ike;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read as _};
@@ -22,7 +24,7 @@ use super::counters::{DropReason, WorkerCounters};
 use super::sstp::{SstpConn, TLS_HANDSHAKE_RECORD};
 use super::table::{KeySet, SessionShared, Transport};
 use super::tcp::{Frame, MAX_QUEUED_OUTPUT, Stream, TcpConn};
-use super::{ControlEvent, Inbox, LocalHandle, SessionKind, Shared, SstpGrant, WorkerCommand, WorkerIo, sys};
+use super::{ControlEvent, Inbox, LocalHandle, SessionKind, Shared, SstpGrant, UdpRole, WorkerCommand, WorkerIo, sys};
 use crate::crypto::ReplayWindow;
 use crate::proto::openvpn::acceptor::{Accepted, Acceptor};
 use crate::proto::openvpn::data::{self, DataHeader, HEADROOM, Payload};
@@ -109,6 +111,8 @@ pub(super) struct Worker {
     wake_buf: Box<u64>,
     now_secs: u64,
     shutdown_at: Option<Instant>,
+    /// This worker's IKEv2 responder, when IKEv2 is enabled.
+    ike: Option<ike::IkeEndpoint>,
 }
 
 impl Worker {
@@ -121,6 +125,7 @@ impl Worker {
         let inbox = shared.inboxes[index].clone();
         let acceptor = Acceptor::new(shared.tls_crypt.clone());
         let udp_armed = vec![0; io.udp.len()];
+        let ike = io.ike.clone().map(ike::IkeEndpoint::new);
         Ok(Worker {
             ring,
             index,
@@ -145,6 +150,7 @@ impl Worker {
             wake_buf: Box::new(0),
             now_secs: shared.secs(Instant::now()),
             shutdown_at: None,
+            ike,
             shared,
         })
     }
@@ -178,6 +184,9 @@ impl Worker {
             if let Some(t) = self.shutdown_at {
                 deadline = deadline.min(t);
             }
+            if let Some(t) = self.ike.as_ref().and_then(ike::IkeEndpoint::poll_timeout) {
+                deadline = deadline.min(t);
+            }
             let wait = deadline.saturating_duration_since(now).max(Duration::from_micros(50));
             let ts = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
             let args = types::SubmitArgs::new().timespec(&ts);
@@ -203,13 +212,16 @@ impl Worker {
             drop(routes);
             self.drain_inbox(now);
             self.run_timers(now);
+            self.ike_timeout(now);
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
             }
             self.rearm();
             if let Some(t) = self.shutdown_at
-                && (now >= t || self.sessions.iter().all(Option::is_none))
+                && (now >= t
+                    || (self.sessions.iter().all(Option::is_none)
+                        && !self.ike.as_ref().is_some_and(ike::IkeEndpoint::has_sessions)))
             {
                 self.quiesce();
                 return Ok(());
@@ -295,6 +307,9 @@ impl Worker {
                     return;
                 }
                 match self.bufs.received_from(b) {
+                    Some(peer) if self.io.udp_roles[a as usize] != UdpRole::OpenVpn => {
+                        self.on_ike_socket(now, a as usize, peer, b, res as usize)
+                    }
                     Some(peer) => {
                         let local = self.bufs.received_on(b);
                         self.on_udp(now, Link::Udp { listener: a as usize, peer, local }, b, res as usize)
@@ -461,6 +476,13 @@ impl Worker {
                     self.send_udp(listener, peer, local, b, start, end);
                     self.counters().sent_from_tun(len);
                 }
+                Err(reason) => {
+                    self.bufs.release(b);
+                    self.count_drop(reason);
+                }
+            },
+            Transport::Esp { .. } => match self.send_esp(session, b, len) {
+                Ok(()) => self.counters().sent_from_tun(len),
                 Err(reason) => {
                     self.bufs.release(b);
                     self.count_drop(reason);
@@ -779,11 +801,18 @@ impl Worker {
                             server.disconnect(now, &reason);
                         }
                         self.pump_sstp(conn);
+                    } else {
+                        self.close_ike(now, peer_id, &reason);
                     }
                 }
                 WorkerCommand::SstpAuthResult { handle, verdict, grant } => {
                     self.on_sstp_verdict(now, handle, verdict, grant)
                 }
+                WorkerCommand::IkeAuthorization { handle, decision, peer_id } => {
+                    self.on_ike_authorization(now, handle, decision, peer_id)
+                }
+                WorkerCommand::IkeEapReply { handle, reply } => self.on_ike_eap_reply(now, handle, reply),
+                WorkerCommand::IkeDatagram { local, remote, data } => self.handle_ike(now, local, remote, &data),
                 WorkerCommand::Shutdown => self.begin_shutdown(now),
             }
         }
@@ -856,6 +885,7 @@ impl Worker {
             }
             self.drive(now, slot);
         }
+        self.close_all_ike(now);
         let sstp_conns: Vec<u32> = self.sstp_by_peer.values().copied().collect();
         for conn in sstp_conns {
             if let Some(server) = self.sstp_conn(conn).and_then(|s| s.server.as_mut()) {
@@ -924,6 +954,7 @@ impl Worker {
             }
         }
         self.sstp_timers(now);
+        self.ike_tick(now);
     }
 
     fn send_ping(&mut self, slot: u32, shared: &Arc<SessionShared>) {

@@ -98,6 +98,10 @@ pub struct ResponderConfig {
     pub cookie_threshold: usize,
     /// Offer EAP to peers that send IKE_AUTH without AUTH.
     pub eap: bool,
+    /// The first byte of every SPI we choose (IKE and ESP). A gateway running one
+    /// responder per worker tags them with the worker's index, so that any worker can
+    /// tell which one owns the SA a message is for.
+    pub spi_tag: Option<u8>,
 }
 
 impl ResponderConfig {
@@ -110,6 +114,7 @@ impl ResponderConfig {
             fragment_size: 1200,
             cookie_threshold: 1000,
             eap: false,
+            spi_tag: None,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct AuthRequest {
     pub identity: Identification,
     /// Subject DN of the verified end-entity certificate (certificate authentication).
     pub certificate_subject: Option<String>,
+    /// That certificate (DER), for the gateway's revocation bookkeeping.
+    pub certificate: Option<Vec<u8>>,
     /// The EAP identity, after EAP authentication succeeded (the authenticator, e.g.
     /// RADIUS, has already accepted it: this asks for the address and routes).
     pub eap_identity: Option<String>,
@@ -588,6 +595,20 @@ impl Responder {
         result
     }
 
+    /// Our SPI of the IKE SA an IKE message is for, read from its header alone; `None`
+    /// for a new IKE_SA_INIT request (and anything too short to be IKE). With
+    /// [`ResponderConfig::spi_tag`], its first byte names the responder that owns the SA.
+    pub fn our_spi(data: &[u8]) -> Option<[u8; 8]> {
+        if data.len() < HEADER_LEN {
+            return None;
+        }
+        let (spi_i, spi_r) = (&data[0..8], &data[8..16]);
+        // The original initiator (a client, unless we rekeyed the IKE SA) sets the I flag.
+        let ours = if data[19] & flags::INITIATOR != 0 { spi_r } else { spi_i };
+        let spi: [u8; 8] = ours.try_into().ok()?;
+        (spi != [0; 8]).then_some(spi)
+    }
+
     /// Puts a session back, or forgets it when it was closed (no IKE SA left).
     fn keep_or_close(&mut self, mut session: Session) {
         if self.by_spi.get(&session.ike.our_spi()) == Some(&session.id) {
@@ -675,7 +696,10 @@ impl Responder {
 
     fn allocate_ike_spi(&self) -> [u8; 8] {
         loop {
-            let spi: [u8; 8] = random_bytes();
+            let mut spi: [u8; 8] = random_bytes();
+            if let Some(tag) = self.config.spi_tag {
+                spi[0] = tag;
+            }
             if spi != [0; 8] && !self.by_spi.contains_key(&spi) {
                 return spi;
             }
@@ -684,7 +708,11 @@ impl Responder {
 
     fn allocate_esp_spi(&mut self) -> u32 {
         loop {
-            let spi = u32::from_be_bytes(random_bytes());
+            let mut bytes: [u8; 4] = random_bytes();
+            if let Some(tag) = self.config.spi_tag {
+                bytes[0] = tag;
+            }
+            let spi = u32::from_be_bytes(bytes);
             // 0 is invalid and 1..=255 are reserved (RFC 4303 §2.1).
             if spi > 255 && self.inbound_spis.insert(spi) {
                 return spi;
@@ -1120,6 +1148,7 @@ impl Responder {
         let request = AuthRequest {
             identity: idi.clone(),
             certificate_subject: Some(auth::certificate_subject(leaf)),
+            certificate: Some(leaf.clone()),
             eap_identity: None,
             wants_ipv4: pending.wants_ipv4,
             initial_contact: pending.initial_contact,
@@ -1182,6 +1211,7 @@ impl Responder {
                 let request = AuthRequest {
                     identity: pending.identity.clone(),
                     certificate_subject: None,
+                    certificate: None,
                     eap_identity: pending.eap_identity.clone(),
                     wants_ipv4: pending.wants_ipv4,
                     initial_contact: pending.initial_contact,

@@ -57,19 +57,19 @@ struct Setup {
 }
 
 fn setup(server_alg: &'static rcgen::SignatureAlgorithm, client_alg: &'static rcgen::SignatureAlgorithm) -> Setup {
-    setup_with(server_alg, client_alg, false)
+    setup_with(server_alg, client_alg, |_| {})
 }
 
 fn setup_with(
     server_alg: &'static rcgen::SignatureAlgorithm,
     client_alg: &'static rcgen::SignatureAlgorithm,
-    eap: bool,
+    configure: impl FnOnce(&mut ResponderConfig),
 ) -> Setup {
     let (server_cert, server_key) = make_cert(SERVER, server_alg);
     let (client_cert, client_key) = make_cert(CLIENT, client_alg);
     let credential = Credential::new(vec![server_cert.clone()], &server_key).unwrap();
     let mut config = ResponderConfig::new(Arc::new(credential), Arc::new(Pinned(vec![client_cert.clone()])));
-    config.eap = eap;
+    configure(&mut config);
     Setup {
         responder: Responder::new(Arc::new(config)),
         client_cert,
@@ -418,6 +418,23 @@ fn establish(s: &mut Setup, encr: EncrAlgorithm, fake_nat: bool, fragment_size: 
 
 fn nat_t() -> SocketAddr {
     "192.0.2.1:4500".parse().unwrap()
+}
+
+#[test]
+fn spi_tag_names_the_responder_that_owns_an_sa() {
+    let mut s = setup_with(&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P256_SHA256, |c| c.spi_tag = Some(7));
+    let (mut i, child) = establish(&mut s, EncrAlgorithm::AesGcm16_256, true, None);
+    assert_eq!(i.spi_r[0], 7, "our IKE SPI");
+    assert_eq!(child.inbound_spi >> 24, 7, "our ESP SPI");
+    // A new IKE_SA_INIT has no owner yet; everything after it names ours, also when we
+    // are the one asking (our requests carry the peer's SPI as the initiator's).
+    assert_eq!(Responder::our_spi(&i.request), None);
+    let request = i.request(exchange::INFORMATIONAL, &[], None).remove(0);
+    assert_eq!(Responder::our_spi(&request), Some(i.spi_r));
+    let mut ours = request.clone();
+    ours[19] &= !flags::INITIATOR;
+    assert_eq!(Responder::our_spi(&ours).map(|spi| spi[..] == i.spi_i[..]), Some(true));
+    assert_eq!(Responder::our_spi(&request[..20]), None);
 }
 
 #[test]
@@ -915,7 +932,7 @@ fn find<T>(payloads: &[Payload], f: impl Fn(&Payload) -> Option<T>) -> T {
 /// relayed through the driver, both final AUTH payloads keyed with the MSK.
 #[test]
 fn eap_authentication_relays_messages_and_uses_the_msk() {
-    let mut s = setup_with(&rcgen::PKCS_RSA_SHA256, &rcgen::PKCS_ECDSA_P256_SHA256, true);
+    let mut s = setup_with(&rcgen::PKCS_RSA_SHA256, &rcgen::PKCS_ECDSA_P256_SHA256, |c| c.eap = true);
     let ke = KeyExchange::generate(DhGroup::Ecp256).unwrap();
     let (mut i, request) = Initiator::init_request(EncrAlgorithm::AesCbc256, &[DhGroup::Ecp256], &ke, false);
     s.responder.handle_datagram(s.now, server_addr(), client_addr(), &request).unwrap();
@@ -997,7 +1014,7 @@ fn eap_authentication_relays_messages_and_uses_the_msk() {
 
 #[test]
 fn eap_failure_closes_the_session() {
-    let mut s = setup_with(&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P256_SHA256, true);
+    let mut s = setup_with(&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P256_SHA256, |c| c.eap = true);
     let ke = KeyExchange::generate(DhGroup::Curve25519).unwrap();
     let (mut i, request) = Initiator::init_request(EncrAlgorithm::AesGcm16_256, &[DhGroup::Curve25519], &ke, false);
     s.responder.handle_datagram(s.now, server_addr(), client_addr(), &request).unwrap();
