@@ -638,3 +638,172 @@ fn rotation_changes_the_served_jwks() {
     server.stop();
     assert!(curl(topology.gw(), &jwks_uri, Some(ca), &[]).is_err());
 }
+
+// strongSwan (charon-systemd with kernel-libipsec) as client and as responder.
+
+use common::strongswan::{
+    Charon, ClientOptions, EspCounters, IPSEC_TUN, IPSEC_TUN_MTU, IkePki, KeyType, ResponderOptions,
+    StrongswanResponder, connected_client, parse_esp_counters, parse_virtual_ip, route_device,
+};
+
+const EAP_USER: &str = "erin";
+const EAP_PASSWORD: &str = "eap pass=word, 1";
+const TUNNEL_PING_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Sends `count` pings from `client` to the vnet host through its tunnel and checks that every
+/// one was answered and that the ESP counters of the client and the responder grew both ways.
+fn ping_through_tunnel(client: &Charon, ns: &Netns, responder: &StrongswanResponder) {
+    const COUNT: u32 = 5;
+    let counters = |charon: &Charon| charon.esp_counters("net").unwrap_or_else(|| panic!("{}", charon.list_sas()));
+    let (client_before, responder_before) = (counters(client), counters(responder));
+    let result = ping(ns, VNET_HOST_ADDR, COUNT, TUNNEL_PING_INTERVAL);
+    assert!(result.all_received(), "{} -> vnet host through the tunnel: {result:?}", client.name());
+    let (client_after, responder_after) = (counters(client), counters(responder));
+    let grew = |before: EspCounters, after: EspCounters, what: &str| {
+        assert!(
+            after.out_packets >= before.out_packets + u64::from(COUNT)
+                && after.in_packets >= before.in_packets + u64::from(COUNT)
+                && after.out_bytes > before.out_bytes
+                && after.in_bytes > before.in_bytes,
+            "{what} ESP counters of {} did not grow both ways: {before:?} -> {after:?}",
+            client.name()
+        );
+    };
+    grew(client_before, client_after, "client");
+    grew(responder_before, responder_after, "responder");
+}
+
+#[test]
+fn strongswan_clients_reach_the_vnet_through_a_strongswan_responder() {
+    let topology = Topology::new(3);
+    let pki = IkePki::generate(&topology.temp_dir().join("pki"), GATEWAY_NAME, KeyType::Rsa2048);
+    let mut options = ResponderOptions::new(GATEWAY_NAME, &pki.server().cert, &pki.server().key, pki.ca_cert());
+    options.eap_users = vec![(EAP_USER.to_owned(), EAP_PASSWORD.to_owned())];
+    let pool: ipnet::Ipv4Net = options.pool.parse().unwrap();
+    let responder = StrongswanResponder::start(&topology, options);
+
+    // Three clients at once, each its own charon: ECDSA and RSA certificates, and EAP-MSCHAPv2.
+    let dir = topology.temp_dir();
+    let ecdsa = pki.issue_client("alice", KeyType::EcdsaP256);
+    let rsa = pki.issue_client("bob", KeyType::Rsa2048);
+    let mut eap_options = ClientOptions::eap_mschapv2(GATEWAY_NAME, pki.ca_cert(), EAP_USER, EAP_PASSWORD);
+    eap_options.dpd_delay = Some(Duration::from_secs(30));
+    eap_options.rekey_time = Some(Duration::from_secs(600));
+    eap_options.life_time = Some(Duration::from_secs(700));
+    let clients = [
+        connected_client(
+            topology.client(0),
+            dir,
+            "alice",
+            &ClientOptions::certificate(GATEWAY_NAME, pki.ca_cert(), &ecdsa.cert, &ecdsa.key),
+        ),
+        connected_client(
+            topology.client(1),
+            dir,
+            "bob",
+            &ClientOptions::certificate(GATEWAY_NAME, pki.ca_cert(), &rsa.cert, &rsa.key),
+        ),
+        connected_client(topology.client(2), dir, "erin", &eap_options),
+    ];
+    assert!(clients[0].log().contains("authentication of 'CN=alice'"), "{}", clients[0].log());
+    assert!(clients[2].log().contains("EAP method EAP_MSCHAPV2 succeeded"), "{}", clients[2].log());
+    assert!(responder.log().contains(&format!("received EAP identity '{EAP_USER}'")), "{}", responder.log());
+    // The optional timers reached charon (it logs each loaded setting at cfg level 2).
+    for setting in ["dpd_delay = 30", "rekey_time = 600", "life_time = 700"] {
+        assert!(clients[2].log().contains(setting), "{setting}:\n{}", clients[2].log());
+    }
+
+    let mut addresses = Vec::new();
+    for (k, client) in clients.iter().enumerate() {
+        let address = client.virtual_ip().unwrap_or_else(|| panic!("no virtual IP: {}", client.list_sas()));
+        assert!(pool.contains(&address), "{address} is from the responder's pool {pool}");
+        let tun_address = topology.client(k).ip(&["-4", "-o", "addr", "show", "dev", IPSEC_TUN]);
+        assert!(tun_address.contains(&format!("inet {address}/32")), "{IPSEC_TUN} carries {address}: {tun_address}");
+        assert_eq!(route_device(topology.client(k), VNET_HOST_ADDR).as_deref(), Some(IPSEC_TUN));
+        addresses.push(address);
+        ping_through_tunnel(client, topology.client(k), &responder);
+    }
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 3, "every client has its own address");
+    assert_eq!(responder.list_sas().matches("ESTABLISHED").count(), 3, "{}", responder.list_sas());
+
+    // Full-size packets pass: IPv4 header (20) + ICMP header (8) + payload = the TUN's MTU.
+    let tun = topology.client(0).ip(&["-o", "link", "show", "dev", IPSEC_TUN]);
+    assert!(tun.contains(&format!("mtu {IPSEC_TUN_MTU} ")), "{tun}");
+    let payload = (IPSEC_TUN_MTU - 28).to_string();
+    let full_size = ["ping", "-n", "-q", "-M", "do", "-s", &payload, "-c", "2", "-W", "2", VNET_HOST_ADDR];
+    let result = parse_ping_summary(&String::from_utf8_lossy(&topology.client(0).exec(&full_size).stdout));
+    assert!(result.all_received(), "{IPSEC_TUN_MTU}-byte packets through the tunnel: {result:?}");
+
+    // A clean disconnect: the SA is gone on both sides, and so is the route through the tunnel.
+    clients[0].terminate("gw").unwrap();
+    assert!(clients[0].has_no_sas(), "{}", clients[0].list_sas());
+    assert_eq!(route_device(topology.client(0), VNET_HOST_ADDR), None, "no route to the vnet without the tunnel");
+    let two_left = || responder.list_sas().matches("ESTABLISHED").count() == 2;
+    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(50), two_left), "{}", responder.list_sas());
+    assert!(!responder.list_sas().contains("CN=alice"), "{}", responder.list_sas());
+
+    // A client that dies sends nothing: its TUN device vanishes, the responder keeps its SA.
+    let bob_pid = clients[1].process().pid();
+    clients[1].kill();
+    assert!(!topology.client(1).has_link(IPSEC_TUN), "the TUN device goes with the process");
+    assert!(responder.list_sas().contains("CN=bob"), "{}", responder.list_sas());
+
+    clients[2].terminate("gw").unwrap();
+    assert!(clients[2].has_no_sas(), "{}", clients[2].list_sas());
+
+    // Dropping everything stops every charon and removes the namespaces.
+    let pids: Vec<u32> =
+        clients.iter().map(|c| c.process().pid()).chain([bob_pid, responder.process().pid()]).collect();
+    let names = topology.namespace_names();
+    drop(clients);
+    drop(responder);
+    drop(topology);
+    for pid in pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "charon {pid} is gone");
+    }
+    let left = run_with_timeout(Command::new("ip").args(["netns", "list"]), Duration::from_secs(10)).unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    for name in names {
+        assert!(!left.lines().any(|line| line.split_whitespace().next() == Some(&name)), "{name} was removed");
+    }
+}
+
+#[test]
+fn strongswan_list_sas_parsers() {
+    // swanctl 5.9.8 --list-sas of a client with one CHILD SA, rekeyed once (two instances).
+    let list = "\
+gw: #1, ESTABLISHED, IKEv2, ca2a711f142f352e_i* e0a1c1e7174af064_r
+  local  'CN=user0' @ 192.168.100.2[4500] [172.16.202.1]
+  remote '192.168.100.1' @ 192.168.100.1[4500]
+  AES_GCM_16-256/PRF_HMAC_SHA2_384/ECP_384
+  established 2s ago, rekeying in 14019s
+  net: #1, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-256
+    installed 2s ago, rekeying in 3329s, expires in 3958s
+    in  46ff4e00,    252 bytes,     3 packets,     0s ago
+    out 5c62d45d,    336 bytes,     4 packets,     0s ago
+    local  172.16.202.1/32
+    remote 10.50.0.0/24
+  net: #2, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-256
+    installed 0s ago, rekeying in 3400s, expires in 3960s
+    in  c1234567,   1000 bytes,    10 packets
+    out 7654321c,      0 bytes,     0 packets
+    local  172.16.202.1/32
+    remote 10.50.0.0/24
+";
+    assert_eq!(parse_virtual_ip(list), Some("172.16.202.1".parse().unwrap()));
+    assert_eq!(
+        parse_esp_counters(list, "net"),
+        Some(EspCounters { in_bytes: 1252, in_packets: 13, out_bytes: 336, out_packets: 4 })
+    );
+    assert_eq!(parse_esp_counters(list, "other"), None);
+    // The responder's view: the virtual IP is the peer's, on the remote line.
+    let responder = "\
+rw-cert: #1, ESTABLISHED, IKEv2, ca2a711f142f352e_i e0a1c1e7174af064_r*
+  local  '192.168.100.1' @ 192.168.100.1[4500]
+  remote 'CN=user0' @ 192.168.100.2[4500] [172.16.202.1]
+";
+    assert_eq!(parse_virtual_ip(responder), None);
+    assert_eq!(parse_virtual_ip(""), None);
+}

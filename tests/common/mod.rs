@@ -15,6 +15,7 @@ mod netns;
 mod oidc;
 mod process;
 mod radius;
+pub mod strongswan;
 mod tools;
 mod topology;
 
