@@ -53,8 +53,9 @@ enum Command {
         #[arg(long, default_value = "both")]
         transport: ProfileTransport,
     },
-    /// Write a client configuration package (zip): settings, root CA, OpenVPN profile and,
-    /// with token sign-in, an identity-provider profile.
+    /// Write a client configuration package (zip): settings, root CA, OpenVPN profile, with
+    /// IKEv2 strongSwan/macOS/Windows profiles, with SSTP a Windows script, and with token
+    /// sign-in an identity-provider profile.
     ClientPackage {
         #[command(flatten)]
         source: ConfigSource,

@@ -1,8 +1,9 @@
 //! Client configuration packages: one zip with what every kind of client needs, in the
 //! layout Azure VPN users know (`Generic/`, `OpenVPN/`, `AzureVPN/`).
 //!
-//! Only the tunnel types the gateway speaks are included: the OpenVPN protocol today.
-//! The IKEv2 profiles (strongSwan, macOS, Windows) join when the gateway speaks IKEv2.
+//! Only the tunnel types the gateway serves are included: OpenVPN always; with `[ikev2]
+//! enabled`, `strongSwan/` (swanctl), `Apple/` (a configuration profile) and the IKEv2 part
+//! of `Windows/p2sgw-vpn.ps1`; with `[sstp] enabled`, that script's SSTP connection.
 
 use std::io::{Cursor, Write as _};
 use std::path::{Path, PathBuf};
@@ -15,28 +16,53 @@ use zip::write::SimpleFileOptions;
 
 use crate::config::Config;
 use crate::pki::{Thumbprint, load_certs, subject_common_name};
+use crate::profile::apple::apple_profile;
+use crate::profile::ikev2::{Ikev2Profile, SignIn};
+use crate::profile::strongswan::strongswan_files;
+use crate::profile::windows::windows_script;
 use crate::profile::{ProfileTransport, openvpn_profile};
 
 /// Where the fingerprint of the settings the last package was made for is kept.
 const STAMP_FILE: &str = "client-package.stamp";
 
-/// The package as zip bytes. With `name`, the OpenVPN profile carries that client's
-/// certificate and key; otherwise placeholders.
+/// The package as zip bytes. With `name`, the profiles carry that client's certificate
+/// and key (or name the user, for password sign-in); otherwise placeholders.
 pub fn client_package(config: &Config, name: Option<&str>) -> Result<Vec<u8>> {
     let root = server_root(config)?;
     let settings = vpn_settings_xml(config, &root)?;
+    let ikev2 = if config.ikev2.enabled {
+        Some(Ikev2Profile::new(config, name, root.clone()).context("IKEv2 profiles")?)
+    } else {
+        None
+    };
+    let apple = match &ikev2 {
+        Some(profile) => apple_profile(profile)?,
+        None => None,
+    };
+    let windows = windows_script(config, name, &root, ikev2.as_ref())?;
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     let mut add = |path: &str, bytes: &[u8]| -> Result<()> {
         zip.start_file(path, options).with_context(|| format!("zip: {path}"))?;
         zip.write_all(bytes).with_context(|| format!("zip: {path}"))
     };
-    add("README.txt", readme(config, name).as_bytes())?;
+    add("README.txt", readme(config, name, ikev2.as_ref(), apple.is_some(), windows.is_some()).as_bytes())?;
     add("Generic/VpnSettings.xml", settings.as_bytes())?;
     add("Generic/VpnServerRoot.cer", root.as_ref())?;
     add("OpenVPN/vpnconfig.ovpn", openvpn_profile(config, name, ProfileTransport::Both)?.as_bytes())?;
     if config.auth.uses(|r| r.token) {
         add("AzureVPN/azurevpnconfig.xml", azure_vpn_xml(config, &root)?.as_bytes())?;
+    }
+    if let Some(profile) = &ikev2 {
+        for file in strongswan_files(profile) {
+            add(&format!("strongSwan/{}", file.path), &file.bytes)?;
+        }
+    }
+    if let Some(file) = apple {
+        add(&format!("Apple/{}", file.path), &file.bytes)?;
+    }
+    if let Some(file) = windows {
+        add(&format!("Windows/{}", file.path), &file.bytes)?;
     }
     let cursor = zip.finish().context("zip")?;
     Ok(cursor.into_inner())
@@ -66,7 +92,12 @@ fn stamp_path(config: &Config) -> PathBuf {
 /// A digest of what the packages say that does not depend on the user.
 fn settings_fingerprint(config: &Config) -> Result<String> {
     let root = server_root(config)?;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, vpn_settings_xml(config, &root)?.as_bytes());
+    let mut settings = vpn_settings_xml(config, &root)?;
+    if config.ikev2.enabled {
+        // The IKEv2 profiles also carry the client's dead-peer-detection period.
+        settings.push_str(&format!("ikev2.dpd_secs={}", config.ikev2.dpd_secs));
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, settings.as_bytes());
     Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -90,13 +121,30 @@ fn vpn_settings_xml(config: &Config, root: &CertificateDer<'_>) -> Result<String
     let mut x = Xml::new();
     x.open("VpnProfile");
     x.leaf("VpnServer", &config.gateway_name());
-    x.leaf("VpnType", "OpenVPN");
+    let mut tunnel_types = vec!["OpenVPN"];
+    if config.ikev2.enabled {
+        tunnel_types.push("IkeV2");
+    }
+    if config.sstp.enabled {
+        tunnel_types.push("Sstp");
+    }
+    x.leaf("VpnType", &tunnel_types.join(", "));
     x.open("Transports");
     for udp in &config.listen.udp {
         x.leaf("Udp", &udp.port().to_string());
     }
     for tcp in &config.listen.tcp {
         x.leaf("Tcp", &tcp.port().to_string());
+    }
+    if config.ikev2.enabled {
+        // IKE, then IKE and ESP in UDP once a NAT is detected (RFC 3948).
+        x.leaf("Ikev2", "500");
+        x.leaf("Ikev2NatT", "4500");
+    }
+    if config.sstp.enabled
+        && let Some(tcp) = config.listen.tcp.first()
+    {
+        x.leaf("Sstp", &tcp.port().to_string());
     }
     x.close("Transports");
     x.leaf("ServerName", &server_name);
@@ -155,10 +203,17 @@ fn server_name(cert_path: &Path) -> Result<String> {
     subject_common_name(&leaf).with_context(|| format!("server certificate {}", cert_path.display()))
 }
 
-fn readme(config: &Config, name: Option<&str>) -> String {
+fn readme(
+    config: &Config,
+    name: Option<&str>,
+    ikev2: Option<&Ikev2Profile>,
+    has_apple_profile: bool,
+    has_windows_script: bool,
+) -> String {
     let holder = match name {
         Some(name) => format!(
-            "for {name}. OpenVPN/vpnconfig.ovpn holds {name}'s certificate and private key: hand it to {name} only."
+            "for {name}. The profiles hold {name}'s certificate and private key when {name} has one: hand this \
+             package to {name} only."
         ),
         None => format!(
             "for any user. Where OpenVPN/vpnconfig.ovpn says {} and {}, paste the user's certificate and key (PEM).",
@@ -177,6 +232,40 @@ fn readme(config: &Config, name: Option<&str>) -> String {
         text.push_str(
             "AzureVPN/azurevpnconfig.xml identity-provider sign-in settings (issuer, audience, tenant) in the\n\
              \x20                           Azure VPN Client's profile layout\n",
+        );
+    }
+    if let Some(profile) = ikev2 {
+        text.push_str(
+            "strongSwan/swanctl.conf     IKEv2 for strongSwan 5.9+: copy it to /etc/swanctl/conf.d/p2sgw.conf and\n\
+             \x20                           the directories beside it into /etc/swanctl; swanctl --load-all, then\n\
+             \x20                           swanctl --initiate --child p2sgw\n",
+        );
+        match profile.sign_in {
+            SignIn::Certificate(None) => text.push_str(
+                "                            put the user's certificate in strongSwan/x509/client.crt and key in\n\
+                 \x20                           strongSwan/private/client.key (PEM)\n",
+            ),
+            SignIn::Password => text.push_str(
+                "                            the password goes in its secrets section (commented out at its end)\n",
+            ),
+            SignIn::Certificate(Some(_)) => {}
+        }
+    }
+    if has_apple_profile {
+        text.push_str(
+            "Apple/p2sgw.mobileconfig    IKEv2 for macOS and iOS: open it, then install it in System Settings >\n\
+             \x20                           Profiles (macOS) or Settings > General > VPN & Device Management (iOS)\n",
+        );
+    } else if ikev2.is_some() {
+        text.push_str(
+            "(no Apple profile: with certificate sign-in it must hold the user's certificate; make the package\n\
+             \x20for a named user: p2sgw client-package --name USER)\n",
+        );
+    }
+    if has_windows_script {
+        text.push_str(
+            "Windows/p2sgw-vpn.ps1       Windows 10/11: run it in an elevated PowerShell; it trusts the root CA\n\
+             \x20                           and adds the IKEv2 and/or SSTP connections\n",
         );
     }
     text.push_str("\nRegenerate this package whenever the gateway's tunnels, routes, DNS or sign-in methods change.\n");
@@ -313,6 +402,88 @@ mod tests {
                 && azure.contains("<issuer>https://sts.windows.net/tenant-1/</issuer>")
         );
         assert!(text_of(&files, "Generic/VpnSettings.xml").contains("<AuthenticationType>token</AuthenticationType>"));
+    }
+
+    fn names(files: &[(String, Vec<u8>)]) -> Vec<&str> {
+        files.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    const BASE: [&str; 4] =
+        ["README.txt", "Generic/VpnSettings.xml", "Generic/VpnServerRoot.cer", "OpenVPN/vpnconfig.ovpn"];
+
+    #[test]
+    fn ikev2_adds_strongswan_apple_and_windows_profiles() {
+        let (_tmp, mut config) = setup("package-ikev2");
+        config.ikev2.enabled = true;
+        let named = files(&client_package(&config, Some("alice")).unwrap());
+        let mut expected = BASE.to_vec();
+        expected.extend([
+            "strongSwan/swanctl.conf",
+            "strongSwan/x509ca/VpnServerRoot.pem",
+            "strongSwan/x509/client.crt",
+            "strongSwan/private/client.key",
+            "Apple/p2sgw.mobileconfig",
+            "Windows/p2sgw-vpn.ps1",
+        ]);
+        assert_eq!(names(&named), expected);
+        let settings = text_of(&named, "Generic/VpnSettings.xml");
+        for expected in ["<VpnType>OpenVPN, IkeV2</VpnType>", "<Ikev2>500</Ikev2>", "<Ikev2NatT>4500</Ikev2NatT>"] {
+            assert!(settings.contains(expected), "{expected} in\n{settings}");
+        }
+        let readme = text_of(&named, "README.txt");
+        assert!(readme.contains("strongSwan/swanctl.conf") && readme.contains("Apple/p2sgw.mobileconfig"), "{readme}");
+
+        // For any user with certificate sign-in: no Apple profile, no client files.
+        let template = files(&client_package(&config, None).unwrap());
+        let mut expected = BASE.to_vec();
+        expected.extend(["strongSwan/swanctl.conf", "strongSwan/x509ca/VpnServerRoot.pem", "Windows/p2sgw-vpn.ps1"]);
+        assert_eq!(names(&template), expected);
+        assert!(text_of(&template, "README.txt").contains("no Apple profile"));
+    }
+
+    #[test]
+    fn password_sign_in_with_ikev2_and_sstp() {
+        let (_tmp, mut config) = setup("package-ikev2-sstp");
+        config.auth.require = vec!["radius".parse().unwrap()];
+        config.ikev2.enabled = true;
+        config.sstp.enabled = true;
+        let package = files(&client_package(&config, None).unwrap());
+        let mut expected = BASE.to_vec();
+        expected.extend([
+            "strongSwan/swanctl.conf",
+            "strongSwan/x509ca/VpnServerRoot.pem",
+            "Apple/p2sgw.mobileconfig",
+            "Windows/p2sgw-vpn.ps1",
+        ]);
+        assert_eq!(names(&package), expected);
+        let settings = text_of(&package, "Generic/VpnSettings.xml");
+        assert!(settings.contains("<VpnType>OpenVPN, IkeV2, Sstp</VpnType>") && settings.contains("<Sstp>443</Sstp>"));
+        let script = text_of(&package, "Windows/p2sgw-vpn.ps1");
+        assert!(script.contains("-TunnelType Ikev2 -AuthenticationMethod Eap") && script.contains("-TunnelType Sstp"));
+    }
+
+    #[test]
+    fn sstp_alone_adds_only_the_windows_script() {
+        let (_tmp, mut config) = setup("package-sstp");
+        config.auth.require = vec!["radius".parse().unwrap()];
+        config.sstp.enabled = true;
+        let package = files(&client_package(&config, Some("bob")).unwrap());
+        let mut expected = BASE.to_vec();
+        expected.push("Windows/p2sgw-vpn.ps1");
+        assert_eq!(names(&package), expected);
+        assert!(!text_of(&package, "Windows/p2sgw-vpn.ps1").contains("Ikev2"));
+        assert!(text_of(&package, "Generic/VpnSettings.xml").contains("<VpnType>OpenVPN, Sstp</VpnType>"));
+    }
+
+    #[test]
+    fn enabling_ikev2_makes_recorded_packages_stale() {
+        let (_tmp, mut config) = setup("package-stamp-ikev2");
+        record_package_settings(&config).unwrap();
+        config.ikev2.enabled = true;
+        assert!(stale_package_warning(&config).is_some());
+        record_package_settings(&config).unwrap();
+        config.ikev2.dpd_secs = 120;
+        assert!(stale_package_warning(&config).is_some(), "the profiles' DPD period changed");
     }
 
     #[test]

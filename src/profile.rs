@@ -1,4 +1,11 @@
-//! OpenVPN client profiles (`.ovpn`) with every certificate and key inline.
+//! Client profiles: OpenVPN (`.ovpn`, every certificate and key inline, here) and, for
+//! IKEv2 and SSTP, strongSwan, Apple and Windows profiles (submodules).
+
+pub mod apple;
+pub mod ikev2;
+mod pkcs12;
+pub mod strongswan;
+pub mod windows;
 
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
@@ -63,6 +70,21 @@ struct Remote {
 /// key, as in the Azure VPN client packages.
 pub const CERTIFICATE_PLACEHOLDER: &str = "$CLIENTCERTIFICATE";
 pub const PRIVATE_KEY_PLACEHOLDER: &str = "$PRIVATEKEY";
+/// Where a profile for any user needs the user name (strongSwan's EAP identity).
+pub const USERNAME_PLACEHOLDER: &str = "$USERNAME";
+
+/// One file of a profile, its path relative to the profile's folder in the package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileFile {
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+impl ProfileFile {
+    fn text(path: &str, text: String) -> ProfileFile {
+        ProfileFile { path: path.to_string(), bytes: text.into_bytes() }
+    }
+}
 
 /// An OpenVPN 2.6 client profile for `client_name`, usable as-is with
 /// `openvpn --config FILE.ovpn`. It carries the client's certificate and key when it
