@@ -97,7 +97,9 @@ impl ControlPlane {
                     public_address: rec.peer.to_string(),
                     since: rfc3339(rec.since),
                     connected_secs: rec.started.elapsed().as_secs(),
-                    cipher: rec.cipher.map_or("TLS", |c| c.openvpn_name()),
+                    cipher: rec
+                        .cipher
+                        .map_or(if rec.transport == "ikev2" { "ESP" } else { "TLS" }, |c| c.openvpn_name()),
                     thumbprint: rec.thumbprint.map(|t| t.to_string()),
                     bytes_in: traffic.rx_bytes,
                     bytes_out: traffic.tx_bytes,

@@ -69,6 +69,9 @@ pub fn responder_config(
         responder.algorithms = Algorithms::default().with_legacy_windows();
     }
     responder.timing.dpd_interval = Duration::from_secs(config.ikev2.dpd_secs.into());
+    // Short liveness intervals also get quicker retransmissions, so that a dead client
+    // is given up in proportion (5 tries with doubling waits: about 2 min by default).
+    responder.timing.retransmit_timeout = responder.timing.retransmit_timeout.min(responder.timing.dpd_interval / 4);
     responder.eap = eap_allowed(config);
     responder.spi_tag = Some(spi_tag);
     responder

@@ -22,6 +22,8 @@ pub struct GatewayOptions {
     pub group_pools: Vec<String>,
     /// More sections, appended as written (`[auth]`, `[radius]`, `[token]`…).
     pub extra: String,
+    /// `p2sgw pki init --key`: the CA's and server's key type.
+    pub pki_key: &'static str,
 }
 
 impl Default for GatewayOptions {
@@ -33,6 +35,7 @@ impl Default for GatewayOptions {
             data_ciphers: r#""AES-256-GCM", "CHACHA20-POLY1305", "AES-128-GCM""#,
             group_pools: Vec::new(),
             extra: String::new(),
+            pki_key: "ecdsa-p256",
         }
     }
 }
@@ -59,7 +62,7 @@ impl Gateway {
     pub fn start(topo: &Topology, opts: GatewayOptions) -> Gateway {
         let state_dir = topo.temp_dir().join("gw");
         let pki = state_dir.join("pki");
-        p2sgw(&["pki", "init", "--dir", path(&pki), "--gateway", GATEWAY_NAME]);
+        p2sgw(&["pki", "init", "--dir", path(&pki), "--gateway", GATEWAY_NAME, "--key", opts.pki_key]);
         let config_path = topo.temp_dir().join("gw.toml");
         let (interval, timeout) = opts.keepalive;
         let config = format!(

@@ -418,6 +418,9 @@ pub struct ClientOptions {
     pub esp_proposals: String,
     /// IKE SA rekeying interval; unset: strongSwan's 4 h.
     pub ike_rekey_time: Option<Duration>,
+    /// How long an IKE SA may outlive its rekey time (hard lifetime = rekey + this); unset:
+    /// 10 % of the rekey time, which short test lifetimes make too tight.
+    pub ike_over_time: Option<Duration>,
     /// CHILD SA rekeying interval and hard lifetime; unset: 1 h and 110 % of the rekey time.
     pub rekey_time: Option<Duration>,
     pub life_time: Option<Duration>,
@@ -452,6 +455,7 @@ impl ClientOptions {
             ike_proposals: DEFAULT_IKE_PROPOSALS.to_owned(),
             esp_proposals: DEFAULT_ESP_PROPOSALS.to_owned(),
             ike_rekey_time: None,
+            ike_over_time: None,
             rekey_time: None,
             life_time: None,
             dpd_delay: None,
@@ -476,6 +480,9 @@ pub fn client_conf(opts: &ClientOptions) -> SwanctlConf {
     }
     if let Some(rekey) = opts.ike_rekey_time {
         line(format!("rekey_time = {}s", rekey.as_secs().max(1)));
+    }
+    if let Some(over) = opts.ike_over_time {
+        line(format!("over_time = {}s", over.as_secs().max(1)));
     }
 
     let mut local = String::new();

@@ -215,6 +215,9 @@ impl Worker {
             }
             Event::PeerAddressChanged { session, local, remote } => self.move_esp(session, local, remote),
             Event::IkeSaRekeyed { .. } => {}
+            Event::AuthenticationFailed { remote, reason } => {
+                warn!(peer = %remote, transport = "ikev2", %reason, "authentication refused");
+            }
             Event::SessionClosed { session, reason } => {
                 let Some(s) = ike.sessions.remove(&session) else { return };
                 for spi in &s.inbound_spis {

@@ -321,6 +321,13 @@ pub fn identity_matches_certificate(id: &Identification, cert_der: &[u8]) -> boo
     if id.id_type == id_type::DER_ASN1_DN {
         return cert.subject().as_raw() == id.data.as_slice();
     }
+    // Apple's clients send their LocalIdentifier as an FQDN or e-mail ID, and the
+    // certificates `p2sgw pki issue` makes name the user in the common name only.
+    let names_the_common_name = matches!(id.id_type, id_type::FQDN | id_type::RFC822_ADDR)
+        && cert.subject().iter_common_name().any(|cn| cn.as_str().is_ok_and(|cn| cn.as_bytes() == id.data.as_slice()));
+    if names_the_common_name {
+        return true;
+    }
     let Ok(Some(san)) = cert.subject_alternative_name() else { return false };
     san.value.general_names.iter().any(|name| match (id.id_type, name) {
         (id_type::FQDN, GeneralName::DNSName(dns)) => dns.as_bytes().eq_ignore_ascii_case(&id.data),
@@ -473,6 +480,17 @@ mod tests {
         };
         assert!(identity_matches_certificate(&dn, &cert));
         assert_eq!(identity_for_certificate(&cert).unwrap(), fqdn_lower());
+
+        // A certificate naming its user in the CN only (as `p2sgw pki issue` makes them),
+        // with the FQDN or e-mail ID an Apple client sends.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
+        let cn_only = params.self_signed(&key).unwrap().der().to_vec();
+        for id_type in [id_type::FQDN, id_type::RFC822_ADDR] {
+            assert!(identity_matches_certificate(&Identification { id_type, data: b"alice".to_vec() }, &cn_only));
+            assert!(!identity_matches_certificate(&Identification { id_type, data: b"alic".to_vec() }, &cn_only));
+        }
         assert_eq!(spki_sha1(&cert).map(|h| h.len()), Some(20));
     }
 

@@ -262,6 +262,13 @@ impl Identification {
             id_type::IPV6_ADDR if self.data.len() == 16 => {
                 Ipv6Addr::from(<[u8; 16]>::try_from(&self.data[..]).expect("16 bytes")).to_string()
             }
+            id_type::DER_ASN1_DN => {
+                use x509_parser::prelude::FromDer as _;
+                match x509_parser::x509::X509Name::from_der(&self.data) {
+                    Ok((_, name)) => name.to_string(),
+                    Err(_) => format!("DN {}", hex_string(&self.data)),
+                }
+            }
             _ => format!("type {}: {}", self.id_type, hex_string(&self.data)),
         }
     }
@@ -1050,7 +1057,14 @@ mod tests {
         let ip = Identification { id_type: id_type::IPV4_ADDR, data: vec![192, 0, 2, 7] };
         assert_eq!(ip.display(), "192.0.2.7");
         assert_eq!(ip.body(), vec![1, 0, 0, 0, 192, 0, 2, 7]);
-        let dn = Identification { id_type: id_type::DER_ASN1_DN, data: vec![0x30, 0x00] };
-        assert_eq!(dn.display(), "type 9: 3000");
+        // SEQUENCE { SET { SEQUENCE { OID 2.5.4.3 (CN), UTF8String "mallory" } } }
+        let cn =
+            [&[0x30, 0x12, 0x31, 0x10, 0x30, 0x0e, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x07][..], b"mallory"].concat();
+        let dn = Identification { id_type: id_type::DER_ASN1_DN, data: cn };
+        assert_eq!(dn.display(), "CN=mallory");
+        let bad = Identification { id_type: id_type::DER_ASN1_DN, data: vec![0x04, 0x00] };
+        assert_eq!(bad.display(), "DN 0400");
+        let other = Identification { id_type: 11, data: vec![0xab] };
+        assert_eq!(other.display(), "type 11: ab");
     }
 }

@@ -268,6 +268,12 @@ pub enum Event {
         local: SocketAddr,
         remote: SocketAddr,
     },
+    /// A peer failed authentication (bad certificate, bad AUTH, refused by the gateway) and
+    /// was answered AUTHENTICATION_FAILED; for the log. Any session it had is closed.
+    AuthenticationFailed {
+        remote: SocketAddr,
+        reason: String,
+    },
     /// Every CHILD SA of the session was reported deleted before this; free its address.
     /// Emitted for every session that produced an `AuthRequest`.
     SessionClosed {
@@ -1051,6 +1057,7 @@ impl Responder {
 
     fn fail_auth(&mut self, s: &mut Session, message_id: u32, reason: String) -> Result<(), Dropped> {
         self.respond(s, false, exchange::IKE_AUTH, message_id, vec![error_notify(notify::AUTHENTICATION_FAILED)]);
+        self.events.push_back(Event::AuthenticationFailed { remote: s.remote, reason: reason.clone() });
         self.close_session(s, CloseReason::AuthenticationFailed(reason));
         Err(Dropped::Refused("authentication failed"))
     }

@@ -1,0 +1,227 @@
+//! End to end: IKEv2 with the real strongSwan client (charon with kernel-libipsec, ESP in
+//! userspace as on these machines) in client namespaces, through p2sgw to the vnet host.
+//! The client's settings come from the gateway's own client package where the scenario
+//! allows (certificates); EAP-MSCHAPv2 is checked by a real FreeRADIUS. Needs root (run
+//! through `tests/run`).
+
+mod common;
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use common::strongswan::{Charon, ClientOptions, client_conf};
+use common::*;
+
+/// The connection and CHILD SA name in the gateway's strongSwan profile.
+const PACKAGE_CONNECTION: &str = "p2sgw";
+
+fn ikev2_gateway(topo: &Topology, pki_key: &'static str, extra: &str) -> Gateway {
+    Gateway::start(
+        topo,
+        GatewayOptions {
+            pki_key,
+            extra: format!("[ikev2]\nenabled = true\ndpd_secs = 2\n\n{extra}"),
+            ..Default::default()
+        },
+    )
+}
+
+/// Issues `name` and starts a charon in client namespace `k` loaded with the strongSwan
+/// files of the gateway's client package for `name`.
+fn client_from_package(topo: &Topology, gw: &Gateway, k: usize, name: &str) -> Charon {
+    gw.issue(name);
+    let zip_path = topo.temp_dir().join(format!("{name}-package.zip"));
+    p2sgw(&["client-package", "--config", path(&gw.config_path), "--name", name, "--out", path(&zip_path)]);
+    let charon = Charon::start(topo.client(k), topo.temp_dir(), name);
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).expect("package")).expect("a zip");
+    let mut conf = None;
+    for i in 0..zip.len() {
+        let mut file = zip.by_index(i).expect("zip entry");
+        let Some(relative) = file.name().strip_prefix("strongSwan/").map(str::to_string) else { continue };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).expect("read zip entry");
+        let target = charon.swanctl_dir().join(&relative);
+        std::fs::create_dir_all(target.parent().expect("a directory")).expect("mkdir");
+        std::fs::write(&target, bytes).expect("write profile file");
+        if relative == "swanctl.conf" {
+            conf = Some(target);
+        }
+    }
+    let conf = conf.expect("the package has strongSwan/swanctl.conf");
+    charon.swanctl_ok(&["--load-all", "--file", path(&conf)]).unwrap_or_else(|e| panic!("{e}\n{}", charon.log()));
+    charon
+}
+
+fn cert_options(gw: &Gateway, topo: &Topology, k: usize, name: &str) -> ClientOptions {
+    gw.issue(name);
+    let clients = gw.pki_dir().join("clients");
+    ClientOptions::certificate(
+        &topo.gateway_addr_for(k),
+        &gw.pki_dir().join("ca.crt"),
+        &clients.join(format!("{name}.crt")),
+        &clients.join(format!("{name}.key")),
+    )
+}
+
+fn start_client(topo: &Topology, k: usize, name: &str, opts: &ClientOptions) -> Charon {
+    let charon = Charon::start(topo.client(k), topo.temp_dir(), name);
+    charon.load_swanctl(&client_conf(opts));
+    charon
+}
+
+fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    assert!(wait_until(timeout, Duration::from_millis(200), done), "timed out after {timeout:?} waiting for {what}");
+}
+
+fn ping_vnet(topo: &Topology, k: usize) -> bool {
+    ping(topo.client(k), VNET_HOST_ADDR, 3, Duration::from_millis(200)).all_received()
+}
+
+fn bytes(session: &serde_json::Value, key: &str) -> u64 {
+    session[key].as_u64().unwrap_or_else(|| panic!("{key} in {session}"))
+}
+
+fn certificate_client_reaches_the_vnet(pki_key: &'static str) {
+    let topo = Topology::new(1);
+    let gw = ikev2_gateway(&topo, pki_key, "");
+    let alice = client_from_package(&topo, &gw, 0, "alice");
+    alice.initiate(PACKAGE_CONNECTION, PACKAGE_CONNECTION).unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+    let address = alice.virtual_ip().expect("a virtual IP");
+    assert!(address.to_string().starts_with("172.16.201."), "{address} is from the pool");
+    assert!(ping_vnet(&topo, 0), "ping through the tunnel\n{}\n{}", alice.log(), gw.log());
+
+    // Bulk traffic both ways, counted by the client's ESP SAs and by the gateway.
+    for reverse in [false, true] {
+        let _server = iperf3_server(topo.vnet(), VNET_HOST_ADDR);
+        let result = iperf3_client(topo.client(0), VNET_HOST_ADDR, 2, reverse);
+        assert!(result.received_bytes > 1_000_000, "iperf3 (reverse: {reverse}): {result:?}");
+    }
+    let esp = alice.esp_counters(PACKAGE_CONNECTION).expect("ESP counters");
+    assert!(esp.in_bytes > 1_000_000 && esp.out_bytes > 1_000_000, "{esp:?}");
+
+    let sessions = gw.sessions();
+    let session = session_of(&sessions, "alice").expect("alice in the session list");
+    assert_eq!(session["protocol"], "ikev2");
+    assert_eq!(session["auth"], "certificate");
+    assert_eq!(session["virtual_address"], address.to_string());
+    assert!(bytes(session, "bytes_in") > 1_000_000 && bytes(session, "bytes_out") > 1_000_000, "{session}");
+
+    // The client leaves: its session ends at once and the address is free again.
+    alice.terminate(PACKAGE_CONNECTION).unwrap();
+    wait_for("the session to end", Duration::from_secs(10), || gw.sessions().is_empty());
+    gw.wait_for_line(&["client disconnected", "alice", "reason=client disconnected"], Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn ecdsa_certificate_from_the_client_package_reaches_the_vnet() {
+    certificate_client_reaches_the_vnet("ecdsa-p256");
+}
+
+#[test]
+fn rsa_certificate_from_the_client_package_reaches_the_vnet() {
+    certificate_client_reaches_the_vnet("rsa-2048");
+}
+
+#[test]
+fn revoked_certificate_is_refused_and_its_session_cut() {
+    let topo = Topology::new(1);
+    let gw = ikev2_gateway(&topo, "ecdsa-p256", "");
+    let opts = cert_options(&gw, &topo, 0, "mallory");
+    let mallory = start_client(&topo, 0, "mallory", &opts);
+    mallory.initiate(&opts.child, &opts.conn).unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+    assert!(ping_vnet(&topo, 0));
+
+    gw.revoke("mallory");
+    // The gateway cuts the live session within seconds (it deletes the IKE SA).
+    wait_for("the revoked session to be cut", Duration::from_secs(15), || gw.sessions().is_empty());
+    wait_for("the client to see its SA deleted", Duration::from_secs(15), || mallory.has_no_sas());
+
+    // And refuses the certificate from then on.
+    let again = mallory.initiate(&opts.child, &opts.conn);
+    assert!(again.is_err(), "a revoked certificate connected");
+    assert!(mallory.log().contains("AUTHENTICATION_FAILED"), "{}", mallory.log());
+    gw.wait_for_line(
+        &["authentication refused", "certificate of CN=mallory refused", "Revoked"],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(gw.sessions().is_empty());
+}
+
+#[test]
+fn child_and_ike_sas_rekey_under_traffic() {
+    let topo = Topology::new(1);
+    let gw = ikev2_gateway(&topo, "ecdsa-p256", "");
+    let mut opts = cert_options(&gw, &topo, 0, "rekey");
+    opts.rekey_time = Some(Duration::from_secs(3));
+    opts.ike_rekey_time = Some(Duration::from_secs(7));
+    opts.ike_over_time = Some(Duration::from_secs(30));
+    let client = start_client(&topo, 0, "rekey", &opts);
+    client.initiate(&opts.child, &opts.conn).unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+
+    let _server = iperf3_server(topo.vnet(), VNET_HOST_ADDR);
+    let result = iperf3_client(topo.client(0), VNET_HOST_ADDR, 12, false);
+    assert!(result.received_bytes > 10_000_000, "through the rekeys: {result:?}");
+
+    let log = client.log();
+    let child_sas = log.lines().filter(|l| l.contains("CHILD_SA net{") && l.contains("established")).count();
+    assert!(log.contains("rekeyed between"), "an IKE rekey:\n{log}");
+    assert!(child_sas >= 4, "the first CHILD SA and 3 rekeys:\n{log}");
+    let sessions = gw.sessions();
+    assert_eq!(sessions.len(), 1, "still one session: {sessions:?}");
+    assert!(ping_vnet(&topo, 0));
+}
+
+#[test]
+fn killed_client_is_freed_after_liveness_checks() {
+    let topo = Topology::new(1);
+    let gw = ikev2_gateway(&topo, "ecdsa-p256", "");
+    let opts = cert_options(&gw, &topo, 0, "bob");
+    let bob = start_client(&topo, 0, "bob", &opts);
+    bob.initiate(&opts.child, &opts.conn).unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+    let address = bob.virtual_ip().expect("a virtual IP");
+    bob.kill();
+    // dpd_secs = 2: checks at 0.5, 1, 2, 4 and 8 s after 2 s of silence.
+    wait_for("the dead client's session to end", Duration::from_secs(40), || gw.sessions().is_empty());
+    gw.wait_for_line(&["client disconnected", "bob", "liveness check"], Duration::from_secs(5)).unwrap();
+
+    // The address went back to the pool: the next client gets it.
+    let bob = start_client(&topo, 0, "bob-again", &opts);
+    bob.initiate(&opts.child, &opts.conn).unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+    assert_eq!(bob.virtual_ip(), Some(address));
+}
+
+#[test]
+fn eap_mschapv2_through_freeradius_reaches_the_vnet() {
+    let topo = Topology::new(2);
+    let radius = FreeRadius::start(
+        topo.vnet(),
+        RadiusOptions { users: vec![RadiusUser::new("carol", "s3cret-Pass")], ..Default::default() },
+    );
+    let extra = format!(
+        "[auth]\nrequire = [\"certificate\", \"radius\"]\n\n\
+         [radius]\nservers = [\"{VNET_HOST_ADDR}:1812\"]\nsecrets = [{DEFAULT_RADIUS_SECRET:?}]\ntimeout_secs = 2\ntries = 2\n"
+    );
+    let gw = ikev2_gateway(&topo, "ecdsa-p256", &extra);
+    let ca = gw.pki_dir().join("ca.crt");
+    let opts = ClientOptions::eap_mschapv2(&topo.gateway_addr_for(0), &ca, "carol", "s3cret-Pass");
+    let carol = start_client(&topo, 0, "carol", &opts);
+    carol.initiate(&opts.child, &opts.conn).unwrap_or_else(|e| panic!("{e}\n{}\n{}", carol.log(), gw.log()));
+    assert!(ping_vnet(&topo, 0), "{}", gw.log());
+    let sessions = gw.sessions();
+    let session = session_of(&sessions, "carol").expect("carol in the session list");
+    assert_eq!((session["protocol"].as_str(), session["auth"].as_str()), (Some("ikev2"), Some("radius")));
+    radius.wait_for_accounting(|r| r.status_type == "Start", Duration::from_secs(10)).unwrap();
+
+    // A wrong password is refused by RADIUS, and the client is told.
+    let mut wrong = ClientOptions::eap_mschapv2(&topo.gateway_addr_for(1), &ca, "carol", "wrong-Pass");
+    wrong.gateway_id = GATEWAY_NAME.to_string();
+    let intruder = start_client(&topo, 1, "intruder", &wrong);
+    assert!(intruder.initiate(&wrong.child, &wrong.conn).is_err(), "a wrong password connected");
+    assert!(
+        intruder.log().contains("EAP_FAILURE") || intruder.log().contains("EAP method EAP_MSCHAPV2 failed"),
+        "{}",
+        intruder.log()
+    );
+    assert_eq!(gw.sessions().len(), 1);
+}
