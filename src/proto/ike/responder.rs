@@ -268,8 +268,9 @@ pub enum Event {
         local: SocketAddr,
         remote: SocketAddr,
     },
-    /// A peer failed authentication (bad certificate, bad AUTH, refused by the gateway) and
-    /// was answered AUTHENTICATION_FAILED; for the log. Any session it had is closed.
+    /// A peer failed authentication (bad certificate, bad AUTH) and was answered
+    /// AUTHENTICATION_FAILED; for the log. Any session it had is closed. (Not sent when
+    /// the gateway refused it with [`Authorization::Reject`].)
     AuthenticationFailed {
         remote: SocketAddr,
         reason: String,
@@ -1269,7 +1270,15 @@ impl Responder {
             };
             match decision {
                 Authorization::Reject => {
-                    let _ = self.fail_auth(&mut s, pending.message_id, "refused by the gateway".into());
+                    // The gateway logged its reason when it decided.
+                    self.respond(
+                        &mut s,
+                        false,
+                        exchange::IKE_AUTH,
+                        pending.message_id,
+                        vec![error_notify(notify::AUTHENTICATION_FAILED)],
+                    );
+                    self.close_session(&mut s, CloseReason::AuthenticationFailed("refused by the gateway".into()));
                 }
                 Authorization::Accept(grant) => self.complete_auth(now, &mut s, *pending, grant),
             }

@@ -552,8 +552,11 @@ fn unknown_certificate_is_refused_and_reported() {
     let (t, e) = drain(&mut s.responder);
     let (_, reply) = i.open_all(&t);
     assert_eq!(reply, vec![Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, vec![]))]);
-    // The driver never heard of this session (no AuthRequest), so no SessionClosed.
-    assert!(e.is_empty(), "{e:?}");
+    // The driver never heard of this session (no AuthRequest), so no SessionClosed: only
+    // the refusal, for its log.
+    let [Event::AuthenticationFailed { remote, reason }] = &e[..] else { panic!("{e:?}") };
+    assert_eq!(*remote, client_addr());
+    assert!(reason.starts_with("certificate of alice.example.test refused"), "{reason}");
     assert_eq!(s.responder.session_count(), 0);
 }
 
