@@ -1,7 +1,7 @@
 //! End to end: IKEv2 with the real strongSwan client (charon with kernel-libipsec, ESP in
 //! userspace as on these machines) in client namespaces, through p2sgw to the vnet host.
 //! The client's settings come from the gateway's own client package where the scenario
-//! allows (certificates); EAP-MSCHAPv2 is checked by a real FreeRADIUS. Needs root (run
+//! allows (certificates); EAP-MSCHAPv2 and EAP-TLS are checked by a real FreeRADIUS. Needs root (run
 //! through `tests/run`).
 
 mod common;
@@ -9,7 +9,7 @@ mod common;
 use std::io::Read as _;
 use std::time::Duration;
 
-use common::strongswan::{Charon, ClientOptions, client_conf};
+use common::strongswan::{Charon, ClientOptions, IkePki, KeyType, client_conf};
 use common::*;
 
 /// The connection and CHILD SA name in the gateway's strongSwan profile.
@@ -223,5 +223,64 @@ fn eap_mschapv2_through_freeradius_reaches_the_vnet() {
         "{}",
         intruder.log()
     );
+    assert_eq!(gw.sessions().len(), 1);
+}
+
+#[test]
+fn eap_tls_through_freeradius_reaches_the_vnet() {
+    // FreeRADIUS's certificate and the users' certificates come from a PKI of their own, not the gateway's.
+    const RADIUS_TLS_NAME: &str = "radius.p2sgw.test";
+    let topo = Topology::new(2);
+    let eap_pki = IkePki::generate(&topo.temp_dir().join("eap-pki"), RADIUS_TLS_NAME, KeyType::EcdsaP256);
+    let server = eap_pki.server();
+    let radius = FreeRadius::start(
+        topo.vnet(),
+        RadiusOptions::default().with_eap_tls(&server.cert, &server.key, eap_pki.ca_cert()),
+    );
+    let extra = format!(
+        "[auth]\nrequire = [\"certificate\", \"radius\"]\n\n\
+         [radius]\nservers = [\"{VNET_HOST_ADDR}:1812\"]\nsecrets = [{DEFAULT_RADIUS_SECRET:?}]\n\
+         timeout_secs = 2\ntries = 2\n"
+    );
+    let gw = ikev2_gateway(&topo, "ecdsa-p256", &extra);
+    let ca = gw.pki_dir().join("ca.crt");
+
+    let dave_cert = eap_pki.issue_email_client("dave@example.org", KeyType::EcdsaP256);
+    let opts = ClientOptions::eap_tls(
+        &topo.gateway_addr_for(0),
+        &ca,
+        &dave_cert,
+        "dave@example.org",
+        RADIUS_TLS_NAME,
+        eap_pki.ca_cert(),
+    );
+    let dave = start_client(&topo, 0, "dave", &opts);
+    dave.initiate(&opts.child, &opts.conn).unwrap_or_else(|e| panic!("{e}\n{}\n{}", radius.log_text(), gw.log()));
+    // The client asked for TLS instead of the server's default method, and got it.
+    assert!(dave.log().contains("EAP method EAP_TLS succeeded"), "{}", dave.log());
+    let address = dave.virtual_ip().expect("a virtual IP");
+    assert!(address.to_string().starts_with("172.16.201."), "{address} is from the pool");
+    assert!(ping_vnet(&topo, 0), "{}", gw.log());
+    let sessions = gw.sessions();
+    let session = session_of(&sessions, "dave@example.org").expect("dave in the session list");
+    assert_eq!((session["protocol"].as_str(), session["auth"].as_str()), (Some("ikev2"), Some("radius")));
+    assert_eq!(session["virtual_address"], address.to_string());
+
+    // A certificate from a CA FreeRADIUS does not know is refused, and the client is told.
+    let stranger_pki = IkePki::generate(&topo.temp_dir().join("stranger-pki"), "stranger.invalid", KeyType::EcdsaP256);
+    let eve_cert = stranger_pki.issue_email_client("eve@example.org", KeyType::EcdsaP256);
+    let mut stranger = ClientOptions::eap_tls(
+        &topo.gateway_addr_for(1),
+        &ca,
+        &eve_cert,
+        "eve@example.org",
+        RADIUS_TLS_NAME,
+        eap_pki.ca_cert(),
+    );
+    stranger.gateway_id = GATEWAY_NAME.to_string();
+    let eve = start_client(&topo, 1, "eve", &stranger);
+    assert!(eve.initiate(&stranger.child, &stranger.conn).is_err(), "an unknown CA's certificate connected");
+    assert!(eve.log().contains("EAP_FAILURE") || eve.log().contains("EAP method EAP_TLS failed"), "{}", eve.log());
+    gw.wait_for_line(&["authentication refused", "eve@example.org"], Duration::from_secs(5)).unwrap();
     assert_eq!(gw.sessions().len(), 1);
 }

@@ -4,7 +4,10 @@
 //!
 //! What the generated configuration does:
 //! - PAP and MS-CHAP (v1 and v2, with MPPE keys) against each user's cleartext password, and
-//!   EAP with `default_eap_type = mschapv2` (EAP-MSCHAPv2 directly, no TLS tunnel).
+//!   EAP with `default_eap_type = mschapv2` (EAP-MSCHAPv2 directly, no TLS tunnel); with
+//!   `RadiusOptions::eap_tls`, also EAP-TLS (TLS 1.2), which a client gets by answering the first
+//!   EAP-MSCHAPv2 request with a Nak that asks for TLS. Any certificate chaining to the
+//!   configured CA is accepted, whatever the EAP identity (no users-file entry needed).
 //! - Users with a one-time code: a PAP request with the right password (and no State) gets an
 //!   Access-Challenge carrying `Reply-Message = MFA_PROMPT` and a server-made State; the next
 //!   request echoing that State with `User-Password = <code>` is accepted, a wrong code or an
@@ -137,12 +140,35 @@ pub struct RadiusOptions {
     /// 3.2.1 by itself adds it only to EAP replies; later versions (BlastRADIUS fixes) always do.
     pub reply_message_authenticator: bool,
     pub users: Vec<RadiusUser>,
+    /// Offer EAP-TLS too (unset: EAP-MSCHAPv2 only).
+    pub eap_tls: Option<RadiusEapTls>,
+}
+
+/// FreeRADIUS's side of EAP-TLS: its certificate and key (PEM), and the CA (PEM) client
+/// certificates must chain to. A client without a certificate is refused.
+#[derive(Clone, Debug)]
+pub struct RadiusEapTls {
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+impl RadiusOptions {
+    /// These options with EAP-TLS offered (see [`RadiusEapTls`]).
+    pub fn with_eap_tls(self, server_cert: &Path, server_key: &Path, client_ca: &Path) -> RadiusOptions {
+        let eap_tls = RadiusEapTls {
+            server_cert: server_cert.to_path_buf(),
+            server_key: server_key.to_path_buf(),
+            client_ca: client_ca.to_path_buf(),
+        };
+        RadiusOptions { eap_tls: Some(eap_tls), ..self }
+    }
 }
 
 impl Default for RadiusOptions {
     /// All addresses, ports 1812/1813, clients on loopback and on the vnet subnet (the gateway's
     /// `to-vnet` side) with `DEFAULT_RADIUS_SECRET`, Message-Authenticator required in requests
-    /// and sent in replies, no users.
+    /// and sent in replies, no users, no EAP-TLS.
     fn default() -> Self {
         RadiusOptions {
             listen_addr: "*".to_owned(),
@@ -155,6 +181,7 @@ impl Default for RadiusOptions {
             require_message_authenticator: true,
             reply_message_authenticator: true,
             users: Vec::new(),
+            eap_tls: None,
         }
     }
 }
@@ -570,6 +597,31 @@ fn reply_users_file(users: &[RadiusUser]) -> String {
     text
 }
 
+/// The `tls-config` and `tls` sections inside `eap { }`. No session resumption (every test
+/// client does a full handshake) and no DH file (ECDHE only).
+fn eap_tls_conf(tls: &RadiusEapTls) -> String {
+    format!(
+        r#"		tls-config tls-common {{
+			certificate_file = {cert}
+			private_key_file = {key}
+			ca_file = {ca}
+			cipher_list = "DEFAULT"
+			tls_min_version = "1.2"
+			tls_max_version = "1.2"
+			cache {{
+				enable = no
+			}}
+		}}
+		tls {{
+			tls = tls-common
+		}}
+"#,
+        cert = tls.server_cert.display(),
+        key = tls.server_key.display(),
+        ca = tls.client_ca.display(),
+    )
+}
+
 fn radiusd_conf(config_dir: &Path, detail_path: &Path, opts: &RadiusOptions) -> String {
     let mut clients = String::new();
     for (index, client) in opts.clients.iter().enumerate() {
@@ -652,7 +704,7 @@ modules {{
 		mschapv2 {{
 			send_error = no
 		}}
-	}}
+{eap_tls}	}}
 	files {{
 		filename = ${{confdir}}/users
 		postauth_usersfile = ${{confdir}}/users.reply
@@ -772,6 +824,7 @@ server p2test {{
 }}
 "#,
         confdir = config_dir.display(),
+        eap_tls = opts.eap_tls.as_ref().map(eap_tls_conf).unwrap_or_default(),
         detail = detail_path.display(),
         listen = opts.listen_addr,
         auth_port = opts.auth_port,

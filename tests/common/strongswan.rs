@@ -26,6 +26,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 
 use super::netns::Netns;
@@ -48,11 +49,11 @@ pub const DEFAULT_ESP_PROPOSALS: &str = "aes256gcm16,default";
 pub const DEFAULT_CONN: &str = "gw";
 pub const DEFAULT_CHILD: &str = "net";
 
-/// The plugins charon loads: crypto, certificates, EAP-MSCHAPv2, userspace ESP, sockets, vici.
-/// No `resolve` (DNS), `updown` (scripts) or `stroke`.
+/// The plugins charon loads: crypto, certificates, EAP-MSCHAPv2 and EAP-TLS, userspace ESP, sockets,
+/// vici. No `resolve` (DNS), `updown` (scripts) or `stroke`.
 const PLUGINS: &str = "random nonce openssl aes sha1 sha2 hmac kdf gcm curve25519 chapoly pem pkcs1 pkcs8 x509 \
-                       revocation constraints pubkey eap-identity eap-mschapv2 kernel-libipsec kernel-netlink \
-                       socket-default vici";
+                       revocation constraints pubkey eap-identity eap-mschapv2 eap-tls kernel-libipsec \
+                       kernel-netlink socket-default vici";
 /// swanctl reads every one of these below `SWANCTL_DIR` and complains about missing ones.
 const SWANCTL_SUBDIRS: [&str; 14] = [
     "x509", "x509ca", "x509ocsp", "x509aa", "x509ac", "x509crl", "pubkey", "private", "rsa", "ecdsa", "bliss", "pkcs8",
@@ -395,10 +396,16 @@ pub enum ClientAuth {
     /// EAP-MSCHAPv2 with this user name and password; the gateway still authenticates with its
     /// certificate.
     EapMschapv2 { identity: String, secret: String },
+    /// EAP-TLS with a certificate and its private key (PEM) whose subject or SAN is `identity`
+    /// (the EAP identity). The TLS server, typically a RADIUS server behind the gateway, must
+    /// present a certificate for `server_id` that chains to `server_ca`; the gateway still
+    /// authenticates with its certificate in IKE.
+    EapTls { cert: PathBuf, key: PathBuf, identity: String, server_id: String, server_ca: PathBuf },
 }
 
 /// A road-warrior client: connects to `gateway`, asks for a virtual IPv4 address and tunnels
-/// `remote_ts`. Start from [`ClientOptions::certificate`] or [`ClientOptions::eap_mschapv2`].
+/// `remote_ts`. Start from [`ClientOptions::certificate`], [`ClientOptions::eap_mschapv2`] or
+/// [`ClientOptions::eap_tls`].
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub conn: String,
@@ -439,6 +446,26 @@ impl ClientOptions {
 
     pub fn eap_mschapv2(gateway: &str, ca_cert: &Path, identity: &str, secret: &str) -> ClientOptions {
         let auth = ClientAuth::EapMschapv2 { identity: identity.to_owned(), secret: secret.to_owned() };
+        ClientOptions::new(gateway, ca_cert, auth)
+    }
+
+    /// EAP-TLS as `identity` with `client` (see [`ClientAuth::EapTls`] for `server_id` and
+    /// `server_ca`).
+    pub fn eap_tls(
+        gateway: &str,
+        ca_cert: &Path,
+        client: &CertFiles,
+        identity: &str,
+        server_id: &str,
+        server_ca: &Path,
+    ) -> ClientOptions {
+        let auth = ClientAuth::EapTls {
+            cert: client.cert.clone(),
+            key: client.key.clone(),
+            identity: identity.to_owned(),
+            server_id: server_id.to_owned(),
+            server_ca: server_ca.to_path_buf(),
+        };
         ClientOptions::new(gateway, ca_cert, auth)
     }
 
@@ -486,7 +513,8 @@ pub fn client_conf(opts: &ClientOptions) -> SwanctlConf {
     }
 
     let mut local = String::new();
-    let mut secrets = String::new();
+    // Top-level sections after `connections`: secrets, authorities.
+    let mut sections = String::new();
     let mut private_keys = Vec::new();
     match &opts.auth {
         ClientAuth::Certificate { cert, key } => {
@@ -496,10 +524,26 @@ pub fn client_conf(opts: &ClientOptions) -> SwanctlConf {
         ClientAuth::EapMschapv2 { identity, secret } => {
             let _ = write!(local, "auth = eap-mschapv2\n            eap_id = {}\n", quoted(identity));
             let _ = write!(
-                secrets,
+                sections,
                 "secrets {{\n    eap-client {{\n        id = {}\n        secret = {}\n    }}\n}}\n",
                 quoted(identity),
                 quoted(secret)
+            );
+        }
+        ClientAuth::EapTls { cert, key, identity, server_id, server_ca } => {
+            let _ = write!(
+                local,
+                "auth = eap-tls\n            certs = {}\n            eap_id = {}\n            aaa_id = {}\n",
+                absolute(cert),
+                quoted(identity),
+                quoted(server_id)
+            );
+            private_keys.push(key.clone());
+            // Trusted for the TLS server's certificate; `remote.cacerts` still limits IKE to the gateway's CA.
+            let _ = write!(
+                sections,
+                "authorities {{\n    eap-server {{\n        cacert = {}\n    }}\n}}\n",
+                absolute(server_ca)
             );
         }
     }
@@ -532,7 +576,7 @@ pub fn client_conf(opts: &ClientOptions) -> SwanctlConf {
         }}
     }}
 }}
-{secrets}"#,
+{sections}"#,
         conn = opts.conn,
         gateway_id = quoted(&opts.gateway_id),
         ca = absolute(&opts.ca_cert),
@@ -753,7 +797,11 @@ impl IkePki {
             issuer: Issuer::new(ca_params, ca_key),
             server: CertFiles { cert: PathBuf::new(), key: PathBuf::new() },
         };
-        pki.server = pki.issue("server", server_name, server_key, ExtendedKeyUsagePurpose::ServerAuth);
+        // `CertificateParams::new` makes an IP SAN of an address, a DNS SAN otherwise.
+        let server_san = CertificateParams::new(vec![server_name.to_owned()])
+            .unwrap_or_else(|e| panic!("server name {server_name:?}: {e}"))
+            .subject_alt_names;
+        pki.server = pki.issue("server", server_name, server_san, server_key, ExtendedKeyUsagePurpose::ServerAuth);
         pki
     }
 
@@ -767,15 +815,28 @@ impl IkePki {
 
     /// A client certificate with subject `CN=<name>` (its IKE identity) and no SAN.
     pub fn issue_client(&self, name: &str, key_type: KeyType) -> CertFiles {
-        self.issue(name, name, key_type, ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(name, name, Vec::new(), key_type, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
-    fn issue(&self, file_stem: &str, name: &str, key_type: KeyType, usage: ExtendedKeyUsagePurpose) -> CertFiles {
+    /// A client certificate with subject `CN=<email>` and `email` as rfc822Name SAN, so that
+    /// strongSwan finds it for the identity `email` (e.g. an EAP identity `dave@example.org`).
+    /// Files `<email>.pem` and `<email>.key`.
+    pub fn issue_email_client(&self, email: &str, key_type: KeyType) -> CertFiles {
+        let address = email.try_into().unwrap_or_else(|e| panic!("e-mail address {email:?}: {e}"));
+        self.issue(email, email, vec![SanType::Rfc822Name(address)], key_type, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(
+        &self,
+        file_stem: &str,
+        name: &str,
+        subject_alt_names: Vec<SanType>,
+        key_type: KeyType,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> CertFiles {
         let key = key_type.generate();
-        let subject_alt_names =
-            if usage == ExtendedKeyUsagePurpose::ServerAuth { vec![name.to_owned()] } else { vec![] };
-        let mut params =
-            CertificateParams::new(subject_alt_names).unwrap_or_else(|e| panic!("certificate names {name:?}: {e}"));
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = subject_alt_names;
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
