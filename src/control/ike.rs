@@ -213,7 +213,7 @@ impl ControlPlane {
             }
             Ok(AccessReply::Reject { eap_message, reply_message, .. }) => {
                 *self.refusals.entry("radius_reject").or_default() += 1;
-                let reason = reply_message.unwrap_or_else(|| "wrong username or password".into());
+                let reason = reply_message.unwrap_or_else(|| "the RADIUS server refused the EAP sign-in".into());
                 warn!(%peer, transport = "ikev2", user = %identity, %reason, "authentication refused");
                 self.ike_eap.remove(&handle);
                 EapReply::Failure { message: eap_message.unwrap_or_else(|| EAP_FAILURE.to_vec()) }

@@ -192,12 +192,11 @@ impl Worker {
                     request: Box::new(request),
                 });
             }
-            Event::EapMessage { session, identity, message } => {
-                let entry = ike.sessions.entry(session).or_default();
-                let peer = entry.remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            Event::EapMessage { session, identity, message, remote } => {
+                ike.sessions.entry(session).or_default().remote = Some(remote);
                 let _ = self.shared.to_control.send(ControlEvent::IkeEap {
                     handle: handle_of(index, session),
-                    peer,
+                    peer: remote,
                     identity,
                     message,
                 });

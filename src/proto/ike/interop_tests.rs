@@ -240,7 +240,7 @@ impl Driver {
                 self.send(t.local, t.remote, &t.message);
             }
             while let Some(event) = self.responder.poll_event() {
-                if let Event::EapMessage { session, identity, message } = &event {
+                if let Event::EapMessage { session, identity, message, .. } = &event {
                     let reply = self.authenticator.answer(identity, message);
                     self.responder.eap_reply(now, *session, reply);
                     while let Some(t) = self.responder.poll_transmit() {

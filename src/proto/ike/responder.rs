@@ -242,6 +242,8 @@ pub enum Event {
         session: SessionId,
         identity: String,
         message: Vec<u8>,
+        /// Where the peer is (for the RADIUS Calling-Station-Id and the log).
+        remote: SocketAddr,
     },
     IkeSaEstablished {
         session: SessionId,
@@ -1190,7 +1192,7 @@ impl Responder {
                 eap.request.deadline = now + self.config.timing.half_open_timeout;
                 let identity = eap.request.eap_identity.clone().unwrap_or_default();
                 s.driver_knows = true;
-                self.events.push_back(Event::EapMessage { session: s.id, identity, message });
+                self.events.push_back(Event::EapMessage { session: s.id, identity, message, remote: s.remote });
                 Ok(())
             }
             EapPhase::AuthenticatorTurn { message_id: parked } => {

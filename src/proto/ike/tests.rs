@@ -974,7 +974,8 @@ fn eap_authentication_relays_messages_and_uses_the_msk() {
     let identity_response = b"\x02\x01\x00\x0a\x01alice".to_vec();
     let (t, e) = exchange_with(&mut s, &mut i, &[Payload::Eap(identity_response.clone())]);
     assert!(t.is_empty(), "parked until the authenticator answers");
-    let [Event::EapMessage { session, identity, message }] = &e[..] else { panic!("{e:?}") };
+    let [Event::EapMessage { session, identity, message, remote }] = &e[..] else { panic!("{e:?}") };
+    assert_eq!(*remote, client_addr());
     assert_eq!((identity.as_str(), message), ("alice", &identity_response));
     let session = *session;
     // A method round (bytes stand for an MS-CHAPv2 challenge and response).
