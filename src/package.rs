@@ -2,9 +2,11 @@
 //! layout Azure VPN users know (`Generic/`, `OpenVPN/`, `AzureVPN/`).
 //!
 //! Only the tunnel types the gateway serves are included: OpenVPN always; with `[ikev2]
-//! enabled`, `strongSwan/` (swanctl), `Apple/` (a configuration profile) and the IKEv2 part
-//! of `Windows/p2sgw-vpn.ps1`; with `[sstp] enabled`, that script's SSTP connection.
+//! enabled`, `strongSwan/` (swanctl), `Mac/<gateway>.mobileconfig` (a configuration profile)
+//! and the IKEv2 part of `WindowsAmd64/p2sgw-vpn.ps1`; with `[sstp] enabled`, that script's
+//! SSTP connection.
 
+use std::fmt::Write as _;
 use std::io::{Cursor, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -16,7 +18,7 @@ use zip::write::SimpleFileOptions;
 
 use crate::config::Config;
 use crate::pki::{Thumbprint, load_certs, subject_common_name};
-use crate::profile::apple::apple_profile;
+use crate::profile::apple::{apple_profile, profile_file_name};
 use crate::profile::ikev2::{Ikev2Profile, SignIn};
 use crate::profile::strongswan::strongswan_files;
 use crate::profile::windows::windows_script;
@@ -59,10 +61,10 @@ pub fn client_package(config: &Config, name: Option<&str>) -> Result<Vec<u8>> {
         }
     }
     if let Some(file) = apple {
-        add(&format!("Apple/{}", file.path), &file.bytes)?;
+        add(&format!("Mac/{}", file.path), &file.bytes)?;
     }
     if let Some(file) = windows {
-        add(&format!("Windows/{}", file.path), &file.bytes)?;
+        add(&format!("WindowsAmd64/{}", file.path), &file.bytes)?;
     }
     let cursor = zip.finish().context("zip")?;
     Ok(cursor.into_inner())
@@ -252,9 +254,11 @@ fn readme(
         }
     }
     if has_apple_profile {
-        text.push_str(
-            "Apple/p2sgw.mobileconfig    IKEv2 for macOS and iOS: open it, then install it in System Settings >\n\
-             \x20                           Profiles (macOS) or Settings > General > VPN & Device Management (iOS)\n",
+        let _ = writeln!(
+            text,
+            "Mac/{}\n                            IKEv2 for macOS and iOS: open it, then install it in System Settings >\n\
+             \x20                           Profiles (macOS) or Settings > General > VPN & Device Management (iOS)",
+            profile_file_name(&config.gateway_name())
         );
     } else if ikev2.is_some() {
         text.push_str(
@@ -264,7 +268,7 @@ fn readme(
     }
     if has_windows_script {
         text.push_str(
-            "Windows/p2sgw-vpn.ps1       Windows 10/11: run it in an elevated PowerShell; it trusts the root CA\n\
+            "WindowsAmd64/p2sgw-vpn.ps1  Windows 10/11: run it in an elevated PowerShell; it trusts the root CA\n\
              \x20                           and adds the IKEv2 and/or SSTP connections\n",
         );
     }
@@ -417,13 +421,14 @@ mod tests {
         config.ikev2.enabled = true;
         let named = files(&client_package(&config, Some("alice")).unwrap());
         let mut expected = BASE.to_vec();
+        let mac = format!("Mac/{}", profile_file_name(&config.gateway_name()));
         expected.extend([
             "strongSwan/swanctl.conf",
             "strongSwan/x509ca/VpnServerRoot.pem",
             "strongSwan/x509/client.crt",
             "strongSwan/private/client.key",
-            "Apple/p2sgw.mobileconfig",
-            "Windows/p2sgw-vpn.ps1",
+            &mac,
+            "WindowsAmd64/p2sgw-vpn.ps1",
         ]);
         assert_eq!(names(&named), expected);
         let settings = text_of(&named, "Generic/VpnSettings.xml");
@@ -431,12 +436,16 @@ mod tests {
             assert!(settings.contains(expected), "{expected} in\n{settings}");
         }
         let readme = text_of(&named, "README.txt");
-        assert!(readme.contains("strongSwan/swanctl.conf") && readme.contains("Apple/p2sgw.mobileconfig"), "{readme}");
+        assert!(readme.contains("strongSwan/swanctl.conf") && readme.contains(&mac), "{readme}");
 
         // For any user with certificate sign-in: no Apple profile, no client files.
         let template = files(&client_package(&config, None).unwrap());
         let mut expected = BASE.to_vec();
-        expected.extend(["strongSwan/swanctl.conf", "strongSwan/x509ca/VpnServerRoot.pem", "Windows/p2sgw-vpn.ps1"]);
+        expected.extend([
+            "strongSwan/swanctl.conf",
+            "strongSwan/x509ca/VpnServerRoot.pem",
+            "WindowsAmd64/p2sgw-vpn.ps1",
+        ]);
         assert_eq!(names(&template), expected);
         assert!(text_of(&template, "README.txt").contains("no Apple profile"));
     }
@@ -449,16 +458,17 @@ mod tests {
         config.sstp.enabled = true;
         let package = files(&client_package(&config, None).unwrap());
         let mut expected = BASE.to_vec();
+        let mac = format!("Mac/{}", profile_file_name(&config.gateway_name()));
         expected.extend([
             "strongSwan/swanctl.conf",
             "strongSwan/x509ca/VpnServerRoot.pem",
-            "Apple/p2sgw.mobileconfig",
-            "Windows/p2sgw-vpn.ps1",
+            &mac,
+            "WindowsAmd64/p2sgw-vpn.ps1",
         ]);
         assert_eq!(names(&package), expected);
         let settings = text_of(&package, "Generic/VpnSettings.xml");
         assert!(settings.contains("<VpnType>OpenVPN, IkeV2, Sstp</VpnType>") && settings.contains("<Sstp>443</Sstp>"));
-        let script = text_of(&package, "Windows/p2sgw-vpn.ps1");
+        let script = text_of(&package, "WindowsAmd64/p2sgw-vpn.ps1");
         assert!(script.contains("-TunnelType Ikev2 -AuthenticationMethod Eap") && script.contains("-TunnelType Sstp"));
     }
 
@@ -469,9 +479,9 @@ mod tests {
         config.sstp.enabled = true;
         let package = files(&client_package(&config, Some("bob")).unwrap());
         let mut expected = BASE.to_vec();
-        expected.push("Windows/p2sgw-vpn.ps1");
+        expected.push("WindowsAmd64/p2sgw-vpn.ps1");
         assert_eq!(names(&package), expected);
-        assert!(!text_of(&package, "Windows/p2sgw-vpn.ps1").contains("Ikev2"));
+        assert!(!text_of(&package, "WindowsAmd64/p2sgw-vpn.ps1").contains("Ikev2"));
         assert!(text_of(&package, "Generic/VpnSettings.xml").contains("<VpnType>OpenVPN, Sstp</VpnType>"));
     }
 

@@ -216,7 +216,9 @@ fn reload_adds_a_route_keeps_sessions_flowing_and_refuses_a_bad_config() {
 #[test]
 fn the_client_package_is_used_as_is() {
     let topo = Topology::new(1);
-    let gw = Gateway::start(&topo, GatewayOptions::default());
+    // With IKEv2 on, the package also holds the strongSwan, Mac and Windows profiles (the
+    // strongSwan one connects in tests/ikev2.rs).
+    let gw = Gateway::start(&topo, GatewayOptions { extra: "[ikev2]\nenabled = true\n".into(), ..Default::default() });
     gw.issue("alice");
     let zip = topo.temp_dir().join("alice.zip");
     let out = cli(&gw, &["client-package", "--name", "alice", "--out", path(&zip)]);
@@ -267,6 +269,37 @@ fn the_client_package_is_used_as_is() {
         "{fingerprint} / {parsed}"
     );
 
+    // The Mac profile is a plist with the IKEv2, root CA and identity payloads.
+    let mac = unpacked.join(format!("Mac/{GATEWAY_NAME}.mobileconfig"));
+    let plist = python(
+        "import plistlib, sys\np = plistlib.load(open(sys.argv[1], 'rb'))\n\
+         kinds = sorted(c['PayloadType'] for c in p['PayloadContent'])\n\
+         vpn = next(c for c in p['PayloadContent'] if c['PayloadType'] == 'com.apple.vpn.managed')\n\
+         print(kinds, vpn['VPNType'], vpn['IKEv2']['RemoteAddress'], vpn['IKEv2']['AuthenticationMethod'])",
+        &[path(&mac)],
+    );
+    assert_eq!(
+        plist.trim(),
+        format!(
+            "['com.apple.security.pkcs12', 'com.apple.security.root', 'com.apple.vpn.managed'] IKEv2 {GATEWAY_NAME} \
+             Certificate"
+        )
+    );
+
+    // No PowerShell on Debian: the Windows script is checked by a tokenizer that follows the
+    // PowerShell language specification's quoting rules (single-quoted strings with '' inside,
+    // double-quoted with ` escapes, comments, here-strings) and needs every string closed and
+    // every bracket matched, and the cmdlets it must call.
+    let script = unpacked.join("WindowsAmd64/p2sgw-vpn.ps1");
+    let checked = python(POWERSHELL_CHECK, &[path(&script)]);
+    assert_eq!(checked.trim(), "ok", "{checked}");
+    let text = std::fs::read_to_string(&script).unwrap();
+    for cmdlet in
+        ["Import-Certificate", "Add-VpnConnection", "Set-VpnConnectionIPsecConfiguration", "Add-VpnConnectionRoute"]
+    {
+        assert!(text.contains(cmdlet), "{cmdlet} in\n{text}");
+    }
+
     // The same package from the admin API; an unknown user gets a reason, not a zip.
     let socket = gw.state_dir.join("admin.sock");
     let fetch = |query: &str| {
@@ -293,3 +326,59 @@ fn the_client_package_is_used_as_is() {
     cli(&gw, &["reload"]);
     gw.wait_for_line(&["client packages were made", "regenerate them"], Duration::from_secs(5)).unwrap();
 }
+
+fn python(program: &str, args: &[&str]) -> String {
+    let out = Command::new("/usr/bin/python3").arg("-c").arg(program).args(args).output().expect("run python3");
+    assert!(out.status.success(), "python3: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A PowerShell tokenizer for the syntax check: strings, comments and brackets.
+const POWERSHELL_CHECK: &str = r#"
+import sys
+text = open(sys.argv[1], encoding='utf-8-sig').read()
+closers = {')': '(', '}': '{', ']': '['}
+stack, i, n = [], 0, len(text)
+def fail(why):
+    line = text.count('\n', 0, i) + 1
+    print(f'line {line}: {why}'); sys.exit(0)
+while i < n:
+    c = text[i]
+    if text.startswith("@'", i) or text.startswith('@"', i):
+        end = text.find('\n' + text[i + 1] + '@', i)
+        if end < 0: fail('unterminated here-string')
+        i = end + 3
+    elif text.startswith('<#', i):
+        end = text.find('#>', i)
+        if end < 0: fail('unterminated block comment')
+        i = end + 2
+    elif c == '#':
+        end = text.find('\n', i)
+        i = n if end < 0 else end
+    elif c in "'\u2018\u2019":
+        i += 1
+        while True:
+            if i >= n: fail('unterminated single-quoted string')
+            if text[i] in "'\u2018\u2019":
+                if i + 1 < n and text[i + 1] in "'\u2018\u2019": i += 2; continue
+                i += 1; break
+            i += 1
+    elif c == '"':
+        i += 1
+        while True:
+            if i >= n: fail('unterminated double-quoted string')
+            if text[i] == '`': i += 2; continue
+            if text[i] == '"':
+                if i + 1 < n and text[i + 1] == '"': i += 2; continue
+                i += 1; break
+            i += 1
+    elif c == '`':
+        i += 2
+    else:
+        if c in '({[': stack.append(c)
+        elif c in ')}]':
+            if not stack or stack.pop() != closers[c]: fail(f'unmatched {c}')
+        i += 1
+if stack: fail(f'unclosed {stack[-1]}')
+print('ok')
+"#;

@@ -11,7 +11,12 @@ use super::pkcs12::{pkcs12, random_password};
 use crate::pki::KeyAlgorithm;
 use crate::proto::ike::crypto::{EncrAlgorithm, PrfAlgorithm};
 
-pub const PROFILE_FILE: &str = "p2sgw.mobileconfig";
+/// `<gateway>.mobileconfig`, the gateway's name made safe for a file name.
+pub fn profile_file_name(gateway: &str) -> String {
+    let safe: String =
+        gateway.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    format!("{safe}.mobileconfig")
+}
 
 /// The profile, or `None` when it would need a certificate the package does not hold (a
 /// profile for any user with certificate sign-in): an Apple VPN payload names its
@@ -97,7 +102,7 @@ pub fn apple_profile(profile: &Ikev2Profile) -> Result<Option<ProfileFile>> {
 
     let mut xml = Vec::new();
     Value::Dictionary(top).to_writer_xml(&mut xml).context("writing the Apple profile")?;
-    Ok(Some(ProfileFile { path: PROFILE_FILE.to_string(), bytes: xml }))
+    Ok(Some(ProfileFile { path: profile_file_name(&profile.gateway), bytes: xml }))
 }
 
 fn root_payload(profile: &Ikev2Profile, base_identifier: &str) -> Value {
@@ -188,7 +193,7 @@ mod tests {
     use crate::profile::ikev2::test_support::{GATEWAY, password_only, profile, setup};
 
     fn parse(file: &ProfileFile) -> Dictionary {
-        assert_eq!(file.path, PROFILE_FILE);
+        assert_eq!(file.path, profile_file_name(GATEWAY));
         Value::from_reader_xml(file.bytes.as_slice()).unwrap().into_dictionary().unwrap()
     }
 
