@@ -14,7 +14,7 @@ use super::{ControlPlane, Settings, WorkerCommand, metrics, tls};
 use crate::admin::{AdminCall, AdminError, AdminReply, AdminRequest, DisconnectTarget};
 use crate::config::Config;
 use crate::pki::{
-    Pki, RevokeTarget, ServerIdentity, Thumbprint, TrustStore, list_revoked_thumbprint, load_certs,
+    Pki, RevokeTarget, ServerIdentity, Thumbprint, TrustStore, list_revoked_thumbprint, load_certs, pem_certificate,
     unlist_revoked_thumbprint, write_atomically,
 };
 
@@ -461,16 +461,4 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
 
 fn rfc3339(t: SystemTime) -> String {
     OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
-}
-
-fn pem_certificate(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut text = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in body.as_bytes().chunks(64) {
-        text.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-        text.push('\n');
-    }
-    text.push_str("-----END CERTIFICATE-----\n");
-    text
 }

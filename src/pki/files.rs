@@ -114,3 +114,16 @@ pub fn load_revoked_list(path: &Path) -> Result<Vec<Thumbprint>> {
     }
     Ok(thumbprints)
 }
+
+/// A DER certificate as a PEM block.
+pub fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut text = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        text.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        text.push('\n');
+    }
+    text.push_str("-----END CERTIFICATE-----\n");
+    text
+}

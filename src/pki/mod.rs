@@ -21,7 +21,7 @@ pub use authority::{
     ClientCredentials, ClientRecord, InitSummary, IssuedClient, Pki, RevokeTarget, RevokedClient,
     list_revoked_thumbprint, unlist_revoked_thumbprint,
 };
-pub use files::{load_certs, load_crls, load_private_key, load_revoked_list, write_atomically};
+pub use files::{load_certs, load_crls, load_private_key, load_revoked_list, pem_certificate, write_atomically};
 pub use identity::{ClientIdentity, ServerIdentity, client_identity, subject_common_name};
 pub use trust::{RevocationReason, SourceStamp, TrustStore};
 

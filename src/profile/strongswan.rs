@@ -3,12 +3,12 @@
 
 use std::fmt::Write as _;
 
-use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use super::ikev2::{ESP_ENCRYPTION, IKE_DH_GROUPS, IKE_ENCRYPTION, IKE_PRF, Ikev2Profile, SignIn};
 use super::{ProfileFile, USERNAME_PLACEHOLDER};
 use crate::crypto::dh::DhGroup;
+use crate::pki::pem_certificate;
 use crate::proto::ike::crypto::{EncrAlgorithm, PrfAlgorithm};
 
 /// The connection's and its CHILD SA's name (`swanctl --initiate --child p2sgw`).
@@ -23,7 +23,7 @@ pub const CLIENT_KEY_FILE: &str = "client.key";
 pub fn strongswan_files(profile: &Ikev2Profile) -> Vec<ProfileFile> {
     let mut files = vec![
         ProfileFile::text("swanctl.conf", swanctl_conf(profile)),
-        ProfileFile::text(&format!("x509ca/{CA_FILE}"), pem_certificate(&profile.root)),
+        ProfileFile::text(&format!("x509ca/{CA_FILE}"), pem_certificate(profile.root.as_ref())),
     ];
     if let Some(identity) = profile.identity() {
         files.push(ProfileFile::text(&format!("x509/{CLIENT_CERT_FILE}"), identity.cert_pem.clone()));
@@ -100,18 +100,6 @@ fn swanctl_conf(profile: &Ikev2Profile) -> String {
     out
 }
 
-fn pem_certificate(der: &CertificateDer<'_>) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
 /// A swanctl.conf value: bare when it is made of safe characters, else double-quoted
 /// with `\` and `"` escaped (strongSwan's settings syntax).
 fn swanctl_value(value: &str) -> String {
@@ -156,6 +144,7 @@ mod tests {
     use std::process::{Child, Command, Output};
     use std::time::{Duration, Instant};
 
+    use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
 
     use super::*;
