@@ -1,11 +1,15 @@
 //! A Windows-like SSTP client for the end-to-end tests: TLS (rustls) to the gateway,
-//! the in-tree [`SstpClient`] (HTTP request, SSTP call, PPP with MS-CHAPv2, crypto
-//! binding, IPCP), and a TUN device `sstp0` carrying the tunnel's packets.
+//! the in-tree [`SstpClient`] (HTTP request, SSTP call, PPP with MS-CHAPv2 or EAP-TLS,
+//! crypto binding, IPCP), and a TUN device `sstp0` carrying the tunnel's packets.
 //!
 //! ```text
-//! sstp_client --server ADDR:PORT --ca FILE --user U --password P
+//! sstp_client --server ADDR:PORT --ca FILE (--user U --password P | --cert FILE --key FILE)
 //!             [--server-name NAME] [--route PREFIX]... [--expect-fail]
 //! ```
+//!
+//! With `--cert` and `--key` the client signs in with EAP-TLS (a rustls client inside
+//! PPP, checking the gateway's certificate against `--ca` too); `--user` then sets the
+//! EAP Identity (the certificate's file name by default).
 //!
 //! Prints `SSTP connected <address>` when the tunnel is up and runs until the gateway
 //! ends the call (then exits 2 with the reason). A refusal exits 1 with the reason, or
@@ -21,10 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use p2sgw::proto::ppp::client::EapTlsConfig;
 use p2sgw::proto::sstp::CertHashes;
 use p2sgw::proto::sstp::client::{SstpClient, SstpClientConfig, SstpClientEvent};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 const TUN_NAME: &str = "sstp0";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,6 +40,8 @@ struct Args {
     ca: PathBuf,
     user: String,
     password: String,
+    /// Client certificate and key files, for EAP-TLS.
+    certificate: Option<(PathBuf, PathBuf)>,
     routes: Vec<String>,
     expect_fail: bool,
 }
@@ -42,6 +49,7 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
     let (mut server, mut server_name, mut ca, mut user, mut password) = (None, None, None, None, None);
+    let (mut cert, mut key) = (None, None);
     let mut routes = Vec::new();
     let mut expect_fail = false;
     while let Some(flag) = args.next() {
@@ -52,17 +60,32 @@ fn parse_args() -> anyhow::Result<Args> {
             "--ca" => ca = Some(PathBuf::from(value()?)),
             "--user" => user = Some(value()?),
             "--password" => password = Some(value()?),
+            "--cert" => cert = Some(PathBuf::from(value()?)),
+            "--key" => key = Some(PathBuf::from(value()?)),
             "--route" => routes.push(value()?),
             "--expect-fail" => expect_fail = true,
             other => bail!("unknown argument {other}"),
         }
     }
+    let certificate = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => bail!("--cert and --key go together"),
+    };
+    let (user, password) = match &certificate {
+        Some((cert, _)) => {
+            let name = cert.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            (user.unwrap_or(name), String::new())
+        }
+        None => (user.context("--user is required")?, password.context("--password is required")?),
+    };
     Ok(Args {
         server: server.context("--server is required")?,
         server_name,
         ca: ca.context("--ca is required")?,
-        user: user.context("--user is required")?,
-        password: password.context("--password is required")?,
+        user,
+        password,
+        certificate,
         routes,
         expect_fail,
     })
@@ -105,18 +128,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn tls_config(ca: &PathBuf) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+fn roots(ca: &PathBuf) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("cannot read {}", ca.display()))? {
         roots.add(cert.with_context(|| format!("bad certificate in {}", ca.display()))?)?;
     }
+    Ok(roots)
+}
+
+fn tls_config(ca: &PathBuf) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca)?)
         .with_no_client_auth();
     config.key_log = Arc::new(rustls::KeyLogFile::new());
     Ok(Arc::new(config))
+}
+
+/// The TLS inside EAP-TLS: the client's certificate, and the gateway's checked against
+/// the same roots as the outer TLS.
+fn eap_tls_config(
+    ca: &PathBuf,
+    cert: &PathBuf,
+    key: &PathBuf,
+    name: ServerName<'static>,
+) -> anyhow::Result<EapTlsConfig> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("bad certificate in {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read the key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?)
+        .with_client_auth_cert(chain, key)
+        .context("the client certificate and key cannot be used for TLS")?;
+    Ok(EapTlsConfig { tls: Arc::new(config), server_name: name })
 }
 
 fn run(args: Args) -> anyhow::Result<Ending> {
@@ -124,6 +173,10 @@ fn run(args: Args) -> anyhow::Result<Ending> {
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::from(ip),
         Err(_) => ServerName::try_from(host.clone()).context("bad --server-name")?,
+    };
+    let eap_tls = match &args.certificate {
+        Some((cert, key)) => Some(eap_tls_config(&args.ca, cert, key, name.clone())?),
+        None => None,
     };
     let mut tls = rustls::ClientConnection::new(tls_config(&args.ca)?, name)?;
     // Each loop turn writes all of TLS's output to the socket: no need for its limit.
@@ -141,6 +194,7 @@ fn run(args: Args) -> anyhow::Result<Ending> {
         host,
         user: args.user.clone(),
         password: args.password.clone(),
+        eap_tls,
         server_cert_hashes: CertHashes::of_der(leaf),
         call_connected_early: true,
     });

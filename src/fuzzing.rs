@@ -275,6 +275,7 @@ fn fuzz_sstp_client() -> crate::proto::sstp::client::SstpClient {
         host: "fuzz.test".into(),
         user: "user".into(),
         password: FUZZ_PASSWORD.into(),
+        eap_tls: None,
         server_cert_hashes: fuzz_cert_hashes(),
         call_connected_early: true,
     })
@@ -363,7 +364,8 @@ pub fn ppp_frames(data: &[u8]) {
         }
     };
     if mode & 2 == 2 {
-        let mut client = PppClient::new(ClientConfig { user: "user".into(), password: FUZZ_PASSWORD.into() });
+        let mut client =
+            PppClient::new(ClientConfig { user: "user".into(), password: FUZZ_PASSWORD.into(), eap_tls: None });
         for _ in 0..20 {
             while let Some(frame) = client.poll_frame() {
                 let _ = server.handle_frame(now, &frame);
@@ -382,6 +384,86 @@ pub fn ppp_frames(data: &[u8]) {
         drive(&mut server);
         while server.poll_frame().is_some() {}
     }
+}
+
+/// EAP-TLS Responses (each preceded by a 2-byte length) given to the gateway's
+/// authenticator after its Start: the message parser, fragment reassembly and the TLS
+/// behind them. Each Response gets the Identifier of the last Request, so that the
+/// fuzzer gets past that check.
+pub fn eap_tls_responses(data: &[u8]) {
+    use crate::proto::eap::tls::{EapTlsServer, ServerStep, TlsMessage};
+    let _ = TlsMessage::parse(data);
+    let mut server = EapTlsServer::new(eap_tls_fuzz_pki().server.clone(), 64).expect("the fuzzing TLS config works");
+    let mut id = server.start(0)[1];
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let mut packet = rest[2..2 + len].to_vec();
+        rest = &rest[2 + len..];
+        if let Some(packet_id) = packet.get_mut(1) {
+            *packet_id = id;
+        }
+        match server.handle_response(&packet) {
+            ServerStep::Request(request) => id = request[1],
+            ServerStep::Success(_) | ServerStep::Failure(_) => break,
+        }
+    }
+}
+
+/// A CA, the gateway's EAP-TLS configuration (client certificates from that CA
+/// required) and a client's, made once.
+struct EapTlsFuzzPki {
+    server: Arc<rustls::ServerConfig>,
+    /// For the unit test's seed conversation.
+    #[cfg(test)]
+    client: Arc<rustls::ClientConfig>,
+}
+
+fn eap_tls_fuzz_pki() -> &'static EapTlsFuzzPki {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    static PKI: OnceLock<EapTlsFuzzPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let new_key = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let private = |key: &rcgen::KeyPair| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let ca_key = new_key();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+        let signed = |name: &str, key: &rcgen::KeyPair| {
+            let params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+            CertificateDer::from(params.signed_by(key, &issuer).expect("certificate").der().to_vec())
+        };
+        let server_key = new_key();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.der().to_vec())).expect("CA");
+        let roots = Arc::new(roots);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .expect("verifier");
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![signed("fuzz.test", &server_key)], private(&server_key))
+            .expect("server config");
+        #[cfg(test)]
+        let client = {
+            let client_key = new_key();
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![signed("fuzz-client", &client_key)], private(&client_key))
+                .expect("client config")
+        };
+        EapTlsFuzzPki {
+            server: Arc::new(server),
+            #[cfg(test)]
+            client: Arc::new(client),
+        }
+    })
 }
 
 /// The IKEv2 responder fed a sequence of datagrams (each preceded by a 2-byte length):
@@ -684,6 +766,29 @@ mod tests {
         gateway.extend_from_slice(&control(MessageType::EchoRequest, &[]));
         gateway.extend_from_slice(&control(MessageType::CallDisconnect, &[]));
         (chunked(0, &stream), chunked(1, &after_handshake), frames, gateway)
+    }
+
+    #[test]
+    fn eap_tls_survives_mutated_responses() {
+        use crate::proto::eap::tls::{EapTlsPeer, EapTlsServer, PeerStep, ServerStep};
+        // A real conversation's Responses, length-prefixed as the target takes them.
+        let pki = eap_tls_fuzz_pki();
+        let mut server = EapTlsServer::new(pki.server.clone(), 64).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("fuzz.test").unwrap();
+        let mut peer = EapTlsPeer::new(pki.client.clone(), name, 200).unwrap();
+        let mut request = server.start(0);
+        let mut seed = Vec::new();
+        loop {
+            let PeerStep::Response(response) = peer.handle_request(&request) else { panic!("the peer failed") };
+            seed.extend_from_slice(&(response.len() as u16).to_be_bytes());
+            seed.extend_from_slice(&response);
+            match server.handle_response(&response) {
+                ServerStep::Request(next) => request = next,
+                ServerStep::Success(_) => break,
+                ServerStep::Failure(reason) => panic!("the seed conversation failed: {reason}"),
+            }
+        }
+        mutations(&[&seed], 300, eap_tls_responses);
     }
 
     #[test]

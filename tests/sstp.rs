@@ -1,11 +1,13 @@
 //! End to end: SSTP with the Windows-like test client (`examples/sstp_client.rs`: rustls,
 //! the in-tree SSTP and PPP client, a TUN device) in a client namespace, MS-CHAPv2
-//! checked by a real FreeRADIUS 3.2 or by the local NT-hash list, and OpenVPN over TCP
-//! on the same port at the same time. Needs root (run through `tests/run`).
+//! checked by a real FreeRADIUS 3.2 or by the local NT-hash list, EAP-TLS with
+//! certificates from the gateway's PKI (refused from another CA or once revoked), and
+//! OpenVPN over TCP on the same port at the same time. Needs root (run through
+//! `tests/run`).
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -221,6 +223,61 @@ fn disconnect_cuts_the_sstp_session() {
     drop(radius);
 }
 
+/// Captures a whole session of the client `start` launches with the given
+/// `SSLKEYLOGFILE=` setting (as `user`, cut by `p2sgw disconnect` after a few pings);
+/// returns how many packets tshark shows for a display filter, with the TLS keys.
+fn capture_session(
+    topo: &Topology,
+    gw: &Gateway,
+    user: &str,
+    start: impl FnOnce(&str) -> Proc,
+) -> impl Fn(&str) -> usize {
+    let pcap = topo.temp_dir().join(format!("sstp-{user}.pcapng"));
+    let keys = topo.temp_dir().join(format!("keys-{user}.log"));
+    let capture =
+        topo.client(0).spawn(&["dumpcap", "-i", CLIENT_IFNAME, "-f", "tcp port 443", "-w", path(&pcap)], "dumpcap");
+    capture.wait_for_log("Capturing on", Duration::from_secs(10)).expect("dumpcap starts");
+    let client = start(&format!("SSLKEYLOGFILE={}", keys.display()));
+    client.wait_for_log("SSTP connected", CONNECT).expect("connects");
+    let p = ping(topo.client(0), VNET_HOST_ADDR, 3, Duration::from_millis(200));
+    assert!(p.all_received(), "ping through the tunnel: {}", p.output);
+    let id = session_of(&gw.sessions(), user).unwrap_or_else(|| panic!("{user} listed"))["id"].to_string();
+    p2sgw(&["disconnect", &id, "--config", path(&gw.config_path)]);
+    client.wait_exit(Duration::from_secs(10)).expect("the client is cut");
+    std::thread::sleep(Duration::from_millis(500));
+    capture.kill();
+
+    let keylog_option = format!("tls.keylog_file:{}", keys.display());
+    move |filter: &str| -> usize {
+        let out = std::process::Command::new("tshark")
+            .args(["-r", path(&pcap), "-o", &keylog_option, "-Y", filter])
+            .output()
+            .expect("run tshark");
+        assert!(out.status.success(), "tshark -Y {filter}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+}
+
+/// What every SSTP session shows in tshark, with no malformed packet and no expert error.
+fn assert_decodes(tshark: impl Fn(&str) -> usize, method: &[(&str, &str)]) {
+    for &(filter, what) in [
+        ("http.request.method == \"SSTP_DUPLEX_POST\"", "the HTTP request"),
+        ("sstp.messagetype == 0x0001", "CALL_CONNECT_REQUEST"),
+        ("sstp.messagetype == 0x0004", "CALL_CONNECTED"),
+        ("lcp", "LCP"),
+        ("ipcp", "IPCP"),
+        ("icmp && ip.src == 172.16.201.2", "the tunnelled pings"),
+        ("sstp.messagetype == 0x0006", "CALL_DISCONNECT"),
+    ]
+    .iter()
+    .chain(method)
+    {
+        assert!(tshark(filter) > 0, "tshark finds no {what} ({filter})");
+    }
+    assert_eq!(tshark("_ws.malformed"), 0, "malformed packets");
+    assert_eq!(tshark("_ws.expert.severity == error"), 0, "expert errors");
+}
+
 /// tshark over a capture of a whole session (TLS keys from the client's key log):
 /// `tshark -r sstp.pcapng -o tls.keylog_file:keys.log` decodes SSTP, LCP, CHAP, IPCP and
 /// the tunnelled pings, with no malformed packet and no expert error.
@@ -228,43 +285,161 @@ fn disconnect_cuts_the_sstp_session() {
 fn capture_decodes_in_tshark() {
     let topo = Topology::new(1);
     let gw = gateway_with_local_user(&topo);
-    let pcap = topo.temp_dir().join("sstp.pcapng");
-    let keys = topo.temp_dir().join("keys.log");
-    let capture =
-        topo.client(0).spawn(&["dumpcap", "-i", CLIENT_IFNAME, "-f", "tcp port 443", "-w", path(&pcap)], "dumpcap");
-    capture.wait_for_log("Capturing on", Duration::from_secs(10)).expect("dumpcap starts");
-    let keylog = format!("SSLKEYLOGFILE={}", keys.display());
-    let client = start_sstp_with_env(&topo, &gw, 0, "dave", "Passw0rd!", &[], &[&keylog]);
-    client.wait_for_log("SSTP connected", CONNECT).expect("connects");
+    let tshark = capture_session(&topo, &gw, "dave", |keylog| {
+        start_sstp_with_env(&topo, &gw, 0, "dave", "Passw0rd!", &[], &[keylog])
+    });
+    assert_decodes(tshark, &[("chap", "MS-CHAPv2")]);
+}
+
+/// The same for EAP-TLS: tshark follows the EAP-TLS fragments (L and M flags, the
+/// acknowledgements) and finds the inner TLS handshake in them.
+#[test]
+fn eap_tls_capture_decodes_in_tshark() {
+    let topo = Topology::new(1);
+    let gw = gateway_with_local_user(&topo);
+    gw.issue("heidi");
+    let (cert, key) = issued(&gw, "heidi");
+    let tshark =
+        capture_session(&topo, &gw, "heidi", |keylog| start_sstp_eap_tls(&topo, &gw, 0, &cert, &key, &[], &[keylog]));
+    assert_decodes(
+        tshark,
+        &[
+            ("eap.type == 13", "EAP-TLS"),
+            ("eap.tls.flags.start == 1", "the EAP-TLS Start"),
+            ("eap.tls.flags.more_fragments == 1", "a fragmented EAP-TLS message"),
+            ("eap.tls.fragments", "EAP-TLS fragments put back together"),
+            ("eap.code == 3", "EAP-Success"),
+            ("tls.handshake.type == 1 && eap", "the inner ClientHello"),
+        ],
+    );
+}
+
+/// Starts the SSTP client in client namespace `k`, signing in with EAP-TLS, with
+/// `NAME=value` environment settings.
+fn start_sstp_eap_tls(
+    topo: &Topology,
+    gw: &Gateway,
+    k: usize,
+    cert: &Path,
+    key: &Path,
+    extra: &[&str],
+    env: &[&str],
+) -> Proc {
+    let client = sstp_client_path();
+    let server = format!("{}:443", topo.gateway_addr_for(k));
+    let ca = gw.pki_dir().join("ca.crt");
+    let mut args = vec!["env"];
+    args.extend_from_slice(env);
+    args.extend([
+        path(&client),
+        "--server",
+        &server,
+        "--server-name",
+        GATEWAY_NAME,
+        "--ca",
+        path(&ca),
+        "--cert",
+        path(cert),
+        "--key",
+        path(key),
+        "--route",
+        VNET_SUBNET,
+    ]);
+    args.extend_from_slice(extra);
+    topo.client(k).spawn(&args, "sstp-client")
+}
+
+/// The certificate and key files `gw.issue(name)` wrote.
+fn issued(gw: &Gateway, name: &str) -> (PathBuf, PathBuf) {
+    let clients = gw.pki_dir().join("clients");
+    (clients.join(format!("{name}.crt")), clients.join(format!("{name}.key")))
+}
+
+fn connect_eap_tls(topo: &Topology, gw: &Gateway, k: usize, name: &str) -> Proc {
+    let (cert, key) = issued(gw, name);
+    let client = start_sstp_eap_tls(topo, gw, k, &cert, &key, &[], &[]);
+    if let Err(e) = client.wait_for_log("SSTP connected", CONNECT) {
+        panic!(
+            "EAP-TLS client {name} did not connect: {e}\nclient log:\n{}\ngateway log:\n{}",
+            client.log_tail(20),
+            gw.process.log_tail(40)
+        );
+    }
+    client
+}
+
+/// Runs a client that must be refused; returns its output.
+fn refused_eap_tls(topo: &Topology, gw: &Gateway, cert: &Path, key: &Path) -> String {
+    let client = start_sstp_eap_tls(topo, gw, 0, cert, key, &["--expect-fail"], &[]);
+    let status = client.wait_exit(CONNECT).expect("the client gives up");
+    assert!(status.success(), "refused as expected: {}", client.log_tail(10));
+    let log = client.log_text();
+    assert!(log.contains("SSTP refused"), "{log}");
+    assert!(gw.sessions().is_empty(), "no session: {:?}", gw.sessions());
+    log
+}
+
+#[test]
+fn eap_tls_certificate_reaches_the_vnet() {
+    let topo = Topology::new(1);
+    let gw = gateway_with_local_user(&topo);
+    gw.issue("erin");
+    let client = connect_eap_tls(&topo, &gw, 0, "erin");
+    let (up, down) = check_traffic(&topo, 0, 5201);
+    eprintln!("SSTP with EAP-TLS: up {up:.0} Mbit/s, down {down:.0} Mbit/s");
+
+    let list = gw.sessions();
+    let erin = session_of(&list, "erin").unwrap_or_else(|| panic!("erin listed: {list:?}"));
+    assert_eq!(erin["protocol"], "sstp");
+    assert_eq!(erin["auth"], "certificate");
+    assert!(erin["virtual_address"].as_str().is_some_and(|a| a.starts_with("172.16.201.")), "{erin}");
+    gw.wait_for_line(
+        &["client connected", "user=erin", "method=\"certificate\"", "transport=\"sstp\""],
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    client.kill();
+    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(50), || gw.sessions().is_empty()));
+}
+
+#[test]
+fn eap_tls_certificate_of_an_unknown_ca_is_refused() {
+    let topo = Topology::new(1);
+    let gw = gateway_with_local_user(&topo);
+    let other = topo.temp_dir().join("other-pki");
+    p2sgw(&["pki", "init", "--dir", path(&other), "--gateway", "other.example.net"]);
+    p2sgw(&["pki", "issue", "--dir", path(&other), "--name", "mallory"]);
+    let clients = other.join("clients");
+    let log = refused_eap_tls(&topo, &gw, &clients.join("mallory.crt"), &clients.join("mallory.key"));
+    assert!(log.contains("EAP-Failure"), "{log}");
+    gw.wait_for_line(&["EAP-TLS sign-in refused", "UnknownIssuer"], Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn eap_tls_revoked_certificate_is_refused() {
+    let topo = Topology::new(1);
+    let gw = gateway_with_local_user(&topo);
+    gw.issue("frank");
+    gw.revoke("frank");
+    // The gateway picks up the revocation within its trust check interval.
+    std::thread::sleep(Duration::from_secs(2));
+    let (cert, key) = issued(&gw, "frank");
+    refused_eap_tls(&topo, &gw, &cert, &key);
+    gw.wait_for_line(&["EAP-TLS sign-in refused", "Revoked"], Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn eap_tls_live_session_is_cut_when_its_certificate_is_revoked() {
+    let topo = Topology::new(1);
+    let gw = gateway_with_local_user(&topo);
+    gw.issue("grace");
+    let client = connect_eap_tls(&topo, &gw, 0, "grace");
     let p = ping(topo.client(0), VNET_HOST_ADDR, 3, Duration::from_millis(200));
     assert!(p.all_received(), "ping through the tunnel: {}", p.output);
-    let id = session_of(&gw.sessions(), "dave").expect("dave listed")["id"].to_string();
-    p2sgw(&["disconnect", &id, "--config", path(&gw.config_path)]);
-    client.wait_exit(Duration::from_secs(10)).expect("the client is cut");
-    std::thread::sleep(Duration::from_millis(500));
-    capture.kill();
-
-    let keylog_option = format!("tls.keylog_file:{}", keys.display());
-    let tshark = |filter: &str| -> usize {
-        let out = std::process::Command::new("tshark")
-            .args(["-r", path(&pcap), "-o", &keylog_option, "-Y", filter])
-            .output()
-            .expect("run tshark");
-        assert!(out.status.success(), "tshark -Y {filter}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
-    for (filter, what) in [
-        ("http.request.method == \"SSTP_DUPLEX_POST\"", "the HTTP request"),
-        ("sstp.messagetype == 0x0001", "CALL_CONNECT_REQUEST"),
-        ("sstp.messagetype == 0x0004", "CALL_CONNECTED"),
-        ("lcp", "LCP"),
-        ("chap", "MS-CHAPv2"),
-        ("ipcp", "IPCP"),
-        ("icmp && ip.src == 172.16.201.2", "the tunnelled pings"),
-        ("sstp.messagetype == 0x0006", "CALL_DISCONNECT"),
-    ] {
-        assert!(tshark(filter) > 0, "tshark finds no {what} ({filter})");
-    }
-    assert_eq!(tshark("_ws.malformed"), 0, "malformed packets");
-    assert_eq!(tshark("_ws.expert.severity == error"), 0, "expert errors");
+    gw.revoke("grace");
+    let status = client.wait_exit(Duration::from_secs(10)).expect("the client is cut");
+    assert_eq!(status.code(), Some(2), "ended by the gateway: {}", client.log_tail(10));
+    assert!(client.log_text().contains("SSTP disconnected"), "{}", client.log_tail(10));
+    gw.wait_for_line(&["certificate revoked: cutting its session", "grace"], Duration::from_secs(5)).unwrap();
+    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(50), || gw.sessions().is_empty()));
 }

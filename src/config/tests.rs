@@ -738,7 +738,7 @@ fn group_pools_are_parsed_and_may_not_overlap() {
 }
 
 #[test]
-fn sstp_needs_radius_alone_and_a_way_to_check_passwords() {
+fn sstp_needs_a_certificate_or_radius_alone_and_a_way_to_check_passwords() {
     let off = accepted(&[]);
     assert!(!off.sstp.enabled && !off.sstp.allow_sha1_binding && off.sstp.local_users_file.is_none());
     let local = accepted(&[
@@ -752,8 +752,10 @@ fn sstp_needs_radius_alone_and_a_way_to_check_passwords() {
     assert_refused(
         &["[auth]", "require = [\"certificate+radius\"]", "[sstp]", "enabled = true", "local_users_file = \"/u\""],
         4,
-        "needs \"radius\" alone in auth.require",
+        "needs \"certificate\" or \"radius\" alone in auth.require",
     );
+    let certificates = accepted(&["[auth]", "require = [\"certificate\"]", "[sstp]", "enabled = true"]);
+    assert!(certificates.sstp.enabled, "EAP-TLS needs no RADIUS");
     assert_refused(
         &["[auth]", "require = [\"radius\"]", "[radius]", "secrets = [\"s\"]", "[sstp]", "enabled = true"],
         3,

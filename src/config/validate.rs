@@ -81,11 +81,18 @@ fn check_sstp(config: &Config, problems: &mut Vec<Problem>) {
             "sstp.enabled needs a listen.tcp address (SSTP shares it with OpenVPN over TCP)".to_string(),
         ));
     }
-    if !config.auth.require.iter().any(|r| r.radius && !r.certificate && !r.token) {
+    let alone = |method: fn(&crate::config::AuthRequirement) -> bool| {
+        config
+            .auth
+            .require
+            .iter()
+            .any(|r| method(r) && [r.certificate, r.radius, r.token].iter().filter(|m| **m).count() == 1)
+    };
+    if !alone(|r| r.radius) && !alone(|r| r.certificate) {
         problems.push(Problem::new(
             &["sstp.enabled", "auth.require"],
-            "sstp.enabled needs \"radius\" alone in auth.require: SSTP users sign in with MS-CHAPv2, \
-             which counts as the radius method"
+            "sstp.enabled needs \"certificate\" or \"radius\" alone in auth.require: SSTP users sign in with \
+             EAP-TLS (a certificate) or MS-CHAPv2 (which counts as the radius method)"
                 .to_string(),
         ));
     }

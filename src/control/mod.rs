@@ -279,6 +279,9 @@ impl ControlPlane {
                 self.authenticate(handle, peer, transport, request)
             }
             ControlEvent::VerifySstp { handle, peer, request } => self.verify_sstp(handle, peer, *request),
+            ControlEvent::AdmitSstpCertificate { handle, peer, certificate } => {
+                self.admit_sstp_certificate(handle, peer, certificate)
+            }
             ControlEvent::AuthorizeIke { handle, peer, request } => self.authorize_ike(handle, peer, *request),
             ControlEvent::IkeEap { handle, peer, identity, message } => {
                 self.relay_ike_eap(handle, peer, identity, message)

@@ -1,7 +1,9 @@
 //! SSTP sign-in on the control plane: a worker's MS-CHAPv2 response is checked against
-//! the local NT-hash list (`[sstp] local_users_file`) or by the RADIUS servers, and an
-//! admitted client gets its address from the pools like an OpenVPN client. MS-CHAPv2
-//! counts as the `radius` method of `[auth] require`.
+//! the local NT-hash list (`[sstp] local_users_file`) or by the RADIUS servers; a
+//! certificate a worker's EAP-TLS verified is admitted like an OpenVPN client's (refused
+//! when revoked, named by its CN). An admitted client gets its address from the pools
+//! like an OpenVPN client. MS-CHAPv2 counts as the `radius` method of `[auth] require`,
+//! EAP-TLS as `certificate`.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,11 +14,34 @@ use tracing::warn;
 
 use super::auth::Refusal;
 use super::{Admission, ClientInfo, ControlPlane};
-use crate::config::Config;
+use crate::config::{AuthRequirement, Config};
 use crate::crypto::mschapv2::{self, PasswordHash};
 use crate::dataplane::{LocalHandle, SstpGrant, WorkerCommand};
-use crate::proto::ppp::{AuthVerdict, MsChapV2Verify, NetworkConfig, SessionKeys};
+use crate::pki::client_identity;
+use crate::proto::ppp::{AuthMethod, AuthVerdict, MsChapV2Verify, NetworkConfig, SessionKeys};
 use crate::proto::radius::{AccessReply, AccessRequest, MsChap2Response};
+
+/// Whether `[auth] require` admits passwords alone (MS-CHAPv2, the `radius` method).
+fn passwords_alone(require: &[AuthRequirement]) -> bool {
+    require.iter().any(|r| r.radius && !r.certificate && !r.token)
+}
+
+/// Whether `[auth] require` admits certificates alone (EAP-TLS).
+fn certificates_alone(require: &[AuthRequirement]) -> bool {
+    require.iter().any(|r| r.certificate && !r.radius && !r.token)
+}
+
+/// The PPP authentication protocol SSTP clients are offered first, and the one offered
+/// when they refuse it: EAP (for EAP-TLS) when certificates alone are admitted, since a
+/// certificate is the stronger proof; MS-CHAPv2 when passwords alone are.
+pub fn ppp_auth(config: &Config) -> (AuthMethod, Option<AuthMethod>) {
+    let require = &config.auth.require;
+    match (certificates_alone(require), passwords_alone(require)) {
+        (true, true) => (AuthMethod::Eap, Some(AuthMethod::MsChapV2)),
+        (true, false) => (AuthMethod::Eap, None),
+        (false, _) => (AuthMethod::MsChapV2, None),
+    }
+}
 
 /// `[sstp] local_users_file`: NT password hashes by user name.
 #[derive(Default)]
@@ -160,8 +185,7 @@ impl ControlPlane {
     pub(super) fn verify_sstp(&mut self, handle: LocalHandle, peer: SocketAddr, request: MsChapV2Verify) {
         let mut outcome =
             SstpOutcome { asked: Instant::now(), handle, peer, user: request.user.clone(), result: refuse("", "") };
-        let allowed = self.config.auth.require.iter().any(|r| r.radius && !r.certificate && !r.token);
-        if !allowed {
+        if !passwords_alone(&self.config.auth.require) {
             outcome.result = refuse("method_not_allowed", "passwords alone (MS-CHAPv2) are not accepted here");
             return self.finish_sstp(outcome);
         }
@@ -217,6 +241,44 @@ impl ControlPlane {
         self.shared.inboxes[handle.worker].send(WorkerCommand::SstpAuthResult { handle, verdict, grant });
     }
 
+    /// A client certificate a worker's EAP-TLS verified: admitted like an OpenVPN
+    /// client's certificate (checked against the revocations current now, named by its
+    /// CN, replacing an older session of the same certificate), answered with
+    /// [`WorkerCommand::SstpCertificateResult`].
+    pub(super) fn admit_sstp_certificate(&mut self, handle: LocalHandle, peer: SocketAddr, certificate: Vec<u8>) {
+        let asked = Instant::now();
+        let refusal = match client_identity(&certificate) {
+            Err(_) => Err(Refusal::new("bad_certificate", "the client certificate cannot be read")),
+            Ok(identity) if !certificates_alone(&self.config.auth.require) => Err(Refusal::new(
+                "method_not_allowed",
+                format!("certificates alone (EAP-TLS) are not accepted here ({})", identity.common_name),
+            )),
+            Ok(identity) => match self.trust.is_revoked(&certificate) {
+                Some(why) => {
+                    warn!(%peer, user = %identity.common_name, thumbprint = %identity.thumbprint, %why, "revoked certificate refused");
+                    Err(Refusal::new("revoked", "certificate revoked"))
+                }
+                None => Ok(identity),
+            },
+        };
+        self.metrics.auth_decided(asked.elapsed(), None);
+        let grant = match refusal {
+            Err(refusal) => {
+                *self.refusals.entry(refusal.kind).or_default() += 1;
+                warn!(%peer, transport = "sstp", reason = %refusal.reason, kind = refusal.kind, "authentication refused");
+                None
+            }
+            Ok(identity) => {
+                let admission = Admission::plain(identity.common_name.clone(), "certificate");
+                let client = ClientInfo { cipher: None, version: None, platform: Some("SSTP") };
+                self.admit(handle, peer, "sstp", Some((certificate, identity)), &client, admission)
+                    .ok()
+                    .map(|(peer_id, address)| SstpGrant { peer_id, network: self.ipcp(address) })
+            }
+        };
+        self.shared.inboxes[handle.worker].send(WorkerCommand::SstpCertificateResult { handle, grant });
+    }
+
     /// The addresses IPCP hands an SSTP client: its own, the gateway's end of its pool,
     /// and the first two IPv4 DNS servers.
     fn ipcp(&self, address: Ipv4Addr) -> NetworkConfig {
@@ -235,6 +297,20 @@ impl ControlPlane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eap_is_offered_when_certificates_alone_are_admitted() {
+        let mut config = Config::default();
+        let parse = |list: &[&str]| list.iter().map(|r| r.parse::<AuthRequirement>().unwrap()).collect::<Vec<_>>();
+        config.auth.require = parse(&["certificate", "radius"]);
+        assert_eq!(ppp_auth(&config), (AuthMethod::Eap, Some(AuthMethod::MsChapV2)));
+        config.auth.require = parse(&["certificate"]);
+        assert_eq!(ppp_auth(&config), (AuthMethod::Eap, None));
+        config.auth.require = parse(&["radius"]);
+        assert_eq!(ppp_auth(&config), (AuthMethod::MsChapV2, None));
+        config.auth.require = parse(&["certificate+radius", "radius"]);
+        assert_eq!(ppp_auth(&config), (AuthMethod::MsChapV2, None));
+    }
 
     #[test]
     fn local_users_file() {

@@ -49,7 +49,8 @@ pub fn openvpn_settings(
 }
 
 /// TLS and SSTP settings for the workers when `[sstp]` is enabled: the gateway's
-/// certificate, no client certificate (users sign in inside, with MS-CHAPv2).
+/// certificate, no client certificate (users sign in inside PPP, with MS-CHAPv2 or
+/// EAP-TLS).
 pub fn sstp_listener(config: &Config, identity: &ServerIdentity) -> anyhow::Result<Option<Arc<SstpListener>>> {
     if !config.sstp.enabled {
         return Ok(None);
@@ -65,5 +66,6 @@ pub fn sstp_listener(config: &Config, identity: &ServerIdentity) -> anyhow::Resu
     let leaf = identity.chain.first().context("the server certificate file holds no certificate")?;
     let mut settings = SstpSettings::new(CertHashes::of_der(leaf));
     settings.allow_sha1 = config.sstp.allow_sha1_binding;
+    (settings.ppp.auth, settings.ppp.fallback_auth) = super::sstp::ppp_auth(config);
     Ok(Some(Arc::new(SstpListener { tls: Arc::new(tls), settings })))
 }

@@ -75,6 +75,9 @@ pub enum ControlEvent {
     /// An SSTP client's MS-CHAPv2 response: check it, and answer with
     /// [`WorkerCommand::SstpAuthResult`].
     VerifySstp { handle: LocalHandle, peer: SocketAddr, request: Box<MsChapV2Verify> },
+    /// An SSTP client's EAP-TLS handshake verified this certificate (DER): admit it,
+    /// and answer with [`WorkerCommand::SstpCertificateResult`].
+    AdmitSstpCertificate { handle: LocalHandle, peer: SocketAddr, certificate: Vec<u8> },
     /// An IKEv2 client authenticated (certificate checked, or EAP accepted by RADIUS):
     /// decide, and answer with [`WorkerCommand::IkeAuthorization`].
     AuthorizeIke { handle: LocalHandle, peer: SocketAddr, request: Box<ike::AuthRequest> },
@@ -103,6 +106,11 @@ pub enum WorkerCommand {
     SstpAuthResult {
         handle: LocalHandle,
         verdict: AuthVerdict,
+        grant: Option<SstpGrant>,
+    },
+    /// The decision on an SSTP client's EAP-TLS certificate: its tunnel when admitted.
+    SstpCertificateResult {
+        handle: LocalHandle,
         grant: Option<SstpGrant>,
     },
     /// The decision on an IKEv2 client, with its peer-id when admitted.

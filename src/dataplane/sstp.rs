@@ -1,7 +1,8 @@
 //! SSTP connections in a worker: rustls on the TCP stream, the sans-IO [`SstpServer`]
 //! on the bytes inside TLS. The worker classifies a connection as SSTP by its first byte
 //! (a TLS handshake record) and then owns it like any TCP connection: packets for its
-//! tunnel address read by other workers are handed to it.
+//! tunnel address read by other workers are handed to it. EAP-TLS sign-ins run here
+//! too (a second TLS handshake, inside PPP); the control plane admits the certificate.
 //!
 //! Allocation: inbound, TLS plaintext is read into the worker's scratch buffer and each
 //! IPv4 packet copied once into a pool buffer for the TUN, with no allocation. Outbound,
@@ -10,11 +11,13 @@
 //! `Vec` per TLS record (its unbuffered API would avoid that).
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::SstpListener;
 use super::table::SessionShared;
+use super::{SstpGrant, SstpListener};
+use crate::proto::eap::tls::{self as eap_tls, EapTlsServer, ServerStep};
 use crate::proto::openvpn::session::CloseReason;
-use crate::proto::ppp;
+use crate::proto::ppp::{self, EapResult, SessionKeys};
 use crate::proto::sstp::{self, SstpServer};
 
 /// The first byte of a TLS record carrying a handshake message (a ClientHello).
@@ -29,6 +32,30 @@ pub struct SstpConn {
     pub session: Option<Arc<SessionShared>>,
     /// The end was reported to the control plane.
     pub reported: bool,
+    pub eap: EapTls,
+}
+
+/// Where the client's EAP-TLS sign-in stands.
+pub enum EapTls {
+    /// No EAP Response yet (the first is the client's Identity).
+    NotStarted,
+    Running(Box<EapTlsServer>),
+    /// The certificate is with the control plane; the MSK waits for its verdict.
+    Admitting {
+        msk: Vec<u8>,
+    },
+    Done,
+}
+
+/// What an EAP Response led to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EapProgress {
+    /// The next Request went out.
+    Continue,
+    /// The handshake verified this certificate (DER): ask the control plane to admit it.
+    Admit { certificate: Vec<u8>, version: &'static str },
+    /// EAP-Failure went out, for this reason.
+    Refused(String),
 }
 
 impl SstpConn {
@@ -38,7 +65,66 @@ impl SstpConn {
         // own limit (MAX_QUEUED_OUTPUT) bounds memory; rustls's limit would only refuse
         // part of a write.
         tls.set_buffer_limit(None);
-        Ok(SstpConn { tls, listener, server: None, session: None, reported: false })
+        Ok(SstpConn { tls, listener, server: None, session: None, reported: false, eap: EapTls::NotStarted })
+    }
+
+    /// An EAP Response from the client: the first (its Identity) starts EAP-TLS with
+    /// `tls` (the gateway's certificate, client certificates checked against the trust
+    /// store), the next ones carry the handshake.
+    pub fn on_eap_response(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        tls: impl FnOnce() -> Arc<rustls::ServerConfig>,
+    ) -> EapProgress {
+        let Some(server) = self.server.as_mut() else { return EapProgress::Continue };
+        let step = match &mut self.eap {
+            EapTls::NotStarted => {
+                // Fragments fit the smaller of both MRUs (PPP frames carry EAP whole).
+                let mru = usize::from(server.peer_mru().unwrap_or(1500).min(1500));
+                match EapTlsServer::new(tls(), mru.saturating_sub(eap_tls::OVERHEAD)) {
+                    Ok(mut eap) => {
+                        let start = eap.start(packet.get(1).copied().unwrap_or_default());
+                        self.eap = EapTls::Running(Box::new(eap));
+                        ServerStep::Request(start)
+                    }
+                    Err(e) => ServerStep::Failure(format!("cannot start TLS: {e}")),
+                }
+            }
+            EapTls::Running(eap) => eap.handle_response(packet),
+            EapTls::Admitting { .. } | EapTls::Done => return EapProgress::Continue,
+        };
+        match step {
+            ServerStep::Request(request) => {
+                // Refused only when the link is closing, which reports itself.
+                let _ = server.eap_to_peer(now, &request);
+                EapProgress::Continue
+            }
+            ServerStep::Success(success) => {
+                self.eap = EapTls::Admitting { msk: success.msk };
+                EapProgress::Admit { certificate: success.peer_certificate, version: success.version }
+            }
+            ServerStep::Failure(reason) => {
+                self.eap = EapTls::Done;
+                server.eap_result(now, EapResult::Failure { packet: None });
+                EapProgress::Refused(reason)
+            }
+        }
+    }
+
+    /// The control plane's decision on the EAP-TLS certificate: EAP-Success with the MSK
+    /// (the crypto binding's HLAK comes from it) and the tunnel's addresses, or
+    /// EAP-Failure.
+    pub fn on_certificate_verdict(&mut self, now: Instant, grant: Option<&SstpGrant>) {
+        let eap = std::mem::replace(&mut self.eap, EapTls::Done);
+        let Some(server) = self.server.as_mut() else { return };
+        match (eap, grant) {
+            (EapTls::Admitting { msk }, Some(grant)) => {
+                server.eap_result(now, EapResult::Success { keys: SessionKeys::Msk(msk), packet: None });
+                server.assign_network(now, grant.network);
+            }
+            _ => server.eap_result(now, EapResult::Failure { packet: None }),
+        }
     }
 
     /// Moves what SSTP has to send through TLS into `out` (the socket's queue).

@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use super::buffers::{BUF_SIZE, BufId, BufferPool};
 use super::counters::{DropReason, WorkerCounters};
-use super::sstp::{SstpConn, TLS_HANDSHAKE_RECORD};
+use super::sstp::{EapProgress, SstpConn, TLS_HANDSHAKE_RECORD};
 use super::table::{KeySet, SessionShared, Transport};
 use super::tcp::{Frame, MAX_QUEUED_OUTPUT, Stream, TcpConn};
 use super::{ControlEvent, Inbox, LocalHandle, SessionKind, Shared, SstpGrant, UdpRole, WorkerCommand, WorkerIo, sys};
@@ -806,7 +806,10 @@ impl Worker {
                     }
                 }
                 WorkerCommand::SstpAuthResult { handle, verdict, grant } => {
-                    self.on_sstp_verdict(now, handle, verdict, grant)
+                    self.on_sstp_verdict(now, handle, Some(verdict), grant)
+                }
+                WorkerCommand::SstpCertificateResult { handle, grant } => {
+                    self.on_sstp_verdict(now, handle, None, grant)
                 }
                 WorkerCommand::IkeAuthorization { handle, decision, peer_id } => {
                     self.on_ike_authorization(now, handle, decision, peer_id)
@@ -1275,9 +1278,27 @@ impl Worker {
                 };
                 sstp_packet_to_tun(ring, bufs, &io.tun, &shared.counters[*index], session, *now_secs, &packet);
             }
-            sstp::Event::EapFromPeer(_) => {
-                // The PPP server offers MS-CHAPv2 only: a peer cannot start EAP.
-                self.count_drop(DropReason::ControlRefused);
+            sstp::Event::EapFromPeer(packet) => {
+                let (Some(handle), Some(peer)) = (self.sstp_handle(conn), peer) else { return };
+                // The OpenVPN control channel's TLS configuration: the gateway's certificate,
+                // client certificates checked against the trusted roots, CRLs and revoked
+                // thumbprints, rebuilt whenever those change.
+                let settings = self.shared.settings.load();
+                let Some(sstp) = self.sstp_conn(conn) else { return };
+                match sstp.on_eap_response(Instant::now(), &packet, || settings.openvpn.tls.clone()) {
+                    EapProgress::Continue => {}
+                    EapProgress::Admit { certificate, version } => {
+                        debug!(worker = self.index, %peer, version, "SSTP EAP-TLS handshake done");
+                        let _ = self.shared.to_control.send(ControlEvent::AdmitSstpCertificate {
+                            handle,
+                            peer,
+                            certificate,
+                        });
+                    }
+                    EapProgress::Refused(reason) => {
+                        warn!(worker = self.index, %peer, transport = "sstp", %reason, "EAP-TLS sign-in refused");
+                    }
+                }
             }
             sstp::Event::Dropped(reason) => {
                 debug!(worker = self.index, ?peer, %reason, "SSTP input dropped");
@@ -1301,7 +1322,15 @@ impl Worker {
         }
     }
 
-    fn on_sstp_verdict(&mut self, now: Instant, handle: LocalHandle, verdict: AuthVerdict, grant: Option<SstpGrant>) {
+    /// The control plane's decision on an SSTP client: on its MS-CHAPv2 response
+    /// (`verdict`), or on its EAP-TLS certificate (`None`).
+    fn on_sstp_verdict(
+        &mut self,
+        now: Instant,
+        handle: LocalHandle,
+        verdict: Option<AuthVerdict>,
+        grant: Option<SstpGrant>,
+    ) {
         let index = self.index;
         let now_secs = self.now_secs;
         let live = self.sstp_handle(handle.slot) == Some(handle)
@@ -1333,10 +1362,19 @@ impl Worker {
                 sstp.session = Some(shared);
             }
         }
-        if let Some(server) = self.sstp_conn(conn).and_then(|s| s.server.as_mut()) {
-            server.answer_ms_chap_v2(now, verdict);
-            if let Some(grant) = grant {
-                server.assign_network(now, grant.network);
+        match verdict {
+            Some(verdict) => {
+                if let Some(server) = self.sstp_conn(conn).and_then(|s| s.server.as_mut()) {
+                    server.answer_ms_chap_v2(now, verdict);
+                    if let Some(grant) = grant {
+                        server.assign_network(now, grant.network);
+                    }
+                }
+            }
+            None => {
+                if let Some(sstp) = self.sstp_conn(conn) {
+                    sstp.on_certificate_verdict(now, grant.as_ref());
+                }
             }
         }
         self.pump_sstp(conn);

@@ -2,6 +2,7 @@
 //! send, the next time it wants to be woken, and events. None owns a socket, a thread
 //! or a clock.
 
+pub mod eap;
 pub mod esp;
 pub mod ike;
 pub mod openvpn;

@@ -1,6 +1,7 @@
 //! A userspace PPP peer (the client side of [`super::server`]) for tests and load
-//! generation: LCP with options like Windows sends them, MS-CHAPv2 from a password,
-//! IPCP asking for an address and DNS servers, then IPv4 packets.
+//! generation: LCP with options like Windows sends them, MS-CHAPv2 from a password or
+//! EAP-TLS with a certificate, IPCP asking for an address and DNS servers, then IPv4
+//! packets.
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
@@ -11,13 +12,28 @@ use super::packet::{
 };
 use super::server::DropReason;
 use crate::crypto::mschapv2;
+use crate::proto::eap::tls::{EapTlsPeer, PeerStep};
+use crate::proto::eap::{self, method};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The CHAP Name (may be `DOMAIN\user`).
+    /// The CHAP Name (may be `DOMAIN\user`), or the EAP Identity.
     pub user: String,
     pub password: String,
+    /// Sign in with EAP-TLS instead of MS-CHAPv2.
+    pub eap_tls: Option<EapTlsConfig>,
 }
+
+/// The client's TLS for EAP-TLS: its certificate and key, and the roots and name the
+/// gateway's certificate is checked against.
+#[derive(Debug, Clone)]
+pub struct EapTlsConfig {
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+/// TLS data per EAP-TLS packet: what Windows uses, well inside the gateway's MRU.
+const EAP_TLS_FRAGMENT: usize = 1400;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
@@ -43,6 +59,7 @@ pub struct PppClient {
     magic: u32,
     lcp: Negotiation,
     pending_auth: Option<PendingAuth>,
+    eap_tls: Option<EapTlsPeer>,
     hlak: Option<[u8; 32]>,
     authenticated: bool,
     ipcp: Negotiation,
@@ -64,6 +81,7 @@ impl PppClient {
             magic: u32::from_be_bytes(magic).max(1),
             lcp: Negotiation::default(),
             pending_auth: None,
+            eap_tls: None,
             hlak: None,
             authenticated: false,
             ipcp: Negotiation::default(),
@@ -94,8 +112,9 @@ impl PppClient {
         client
     }
 
-    /// The client's HLAK (MasterSendKey || MasterReceiveKey, MS-SSTP 3.2.5.2.4), known
-    /// as soon as the MS-CHAPv2 Response is sent, as Windows computes it.
+    /// The client's HLAK (MS-SSTP 3.2.5.2.4): MasterSendKey || MasterReceiveKey, known as
+    /// soon as the MS-CHAPv2 Response is sent, as Windows computes it; for EAP-TLS the
+    /// MSK's first 32 bytes, known once the TLS handshake is over.
     pub fn hlak(&self) -> Option<[u8; 32]> {
         self.hlak
     }
@@ -124,6 +143,7 @@ impl PppClient {
         match frame.protocol {
             protocol::LCP => self.handle_lcp(frame.information),
             protocol::CHAP => self.handle_chap(frame.information),
+            protocol::EAP => self.handle_eap(frame.information),
             protocol::IPCP => self.handle_ipcp(frame.information),
             protocol::IPV4 if self.ip_up => {
                 self.events.push_back(ClientEvent::TunnelPacket(frame.information.to_vec()));
@@ -148,7 +168,8 @@ impl PppClient {
             code::CONFIGURE_REQUEST => {
                 let options =
                     parse_options(packet.data).map_err(|error| DropReason::Malformed { protocol: "LCP", error })?;
-                let (reply, data) = answer_configure_request(packet.data, &options, judge_lcp_option);
+                let wanted: &[u8] = if self.config.eap_tls.is_some() { &EAP } else { &MS_CHAP_V2 };
+                let (reply, data) = answer_configure_request(packet.data, &options, |o| judge_lcp_option(o, wanted));
                 self.frames.push_back(control_frame(protocol::LCP, reply, packet.id, &data));
                 self.lcp.we_acked_theirs = reply == code::CONFIGURE_ACK;
             }
@@ -253,6 +274,66 @@ impl PppClient {
         Ok(())
     }
 
+    fn handle_eap(&mut self, information: &[u8]) -> Result<(), DropReason> {
+        let packet = parse("EAP", information)?;
+        let length = ControlPacket::HEADER_LEN + packet.data.len();
+        match packet.code {
+            eap::code::REQUEST => {
+                let Some(setup) = &self.config.eap_tls else {
+                    return Err(DropReason::Unexpected { protocol: "EAP", code: packet.code });
+                };
+                match packet.data.first() {
+                    Some(&method::IDENTITY) => {
+                        let mut data = vec![method::IDENTITY];
+                        data.extend_from_slice(self.config.user.as_bytes());
+                        self.frames.push_back(control_frame(protocol::EAP, eap::code::RESPONSE, packet.id, &data));
+                    }
+                    Some(&method::TLS) => {
+                        if self.eap_tls.is_none() {
+                            match EapTlsPeer::new(setup.tls.clone(), setup.server_name.clone(), EAP_TLS_FRAGMENT) {
+                                Ok(peer) => self.eap_tls = Some(peer),
+                                Err(e) => {
+                                    self.close_with(format!("cannot start TLS: {e}"));
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        let peer = self.eap_tls.as_mut().expect("created above");
+                        let step = peer.handle_request(&information[..length]);
+                        if self.hlak.is_none() {
+                            self.hlak = peer.msk().map(|msk| msk[..32].try_into().expect("the MSK has 64 bytes"));
+                        }
+                        match step {
+                            PeerStep::Response(response) => self.frames.push_back(frame(protocol::EAP, &response)),
+                            PeerStep::Failed(reason) => self.close_with(reason),
+                        }
+                    }
+                    _ => {
+                        // Legacy Nak (RFC 3748 §5.3.1): only EAP-TLS.
+                        let data = [method::NAK, method::TLS];
+                        self.frames.push_back(control_frame(protocol::EAP, eap::code::RESPONSE, packet.id, &data));
+                    }
+                }
+            }
+            eap::code::SUCCESS => {
+                if self.hlak.is_none() {
+                    self.close_with("EAP-Success before the TLS handshake finished".into());
+                    return Ok(());
+                }
+                self.authenticated = true;
+                self.events.push_back(ClientEvent::Authenticated);
+                self.send_ipcp_request();
+            }
+            eap::code::FAILURE => {
+                self.hlak = None;
+                let why = self.eap_tls.as_ref().and_then(|p| p.failure()).map(|f| format!(": {f}")).unwrap_or_default();
+                self.close_with(format!("authentication refused (EAP-Failure){why}"));
+            }
+            other => return Err(DropReason::Unexpected { protocol: "EAP", code: other }),
+        }
+        Ok(())
+    }
+
     fn send_ipcp_request(&mut self) {
         let mut options = Vec::new();
         for (kind, address) in &self.ipcp_wanted {
@@ -314,13 +395,16 @@ fn parse<'a>(protocol: &'static str, information: &'a [u8]) -> Result<ControlPac
     ControlPacket::parse(information).map_err(|error| DropReason::Malformed { protocol, error })
 }
 
-/// The client accepts the gateway's MRU and magic number and only MS-CHAPv2.
-fn judge_lcp_option(option: &ConfigOption<'_>) -> OptionVerdict {
-    const MS_CHAP_V2: [u8; 3] = [0xc2, 0x23, CHAP_MS_CHAP_V2];
+const MS_CHAP_V2: [u8; 3] = [0xc2, 0x23, CHAP_MS_CHAP_V2];
+const EAP: [u8; 2] = [0xc2, 0x27];
+
+/// The client accepts the gateway's MRU and magic number and only the authentication
+/// protocol it is set up for (`wanted`), which it names in a Nak of any other.
+fn judge_lcp_option(option: &ConfigOption<'_>, wanted: &[u8]) -> OptionVerdict {
     match option.kind {
         lcp_option::MRU | lcp_option::MAGIC_NUMBER => OptionVerdict::Ack,
-        lcp_option::AUTH_PROTOCOL if option.value == MS_CHAP_V2 => OptionVerdict::Ack,
-        lcp_option::AUTH_PROTOCOL => OptionVerdict::Nak(MS_CHAP_V2.to_vec()),
+        lcp_option::AUTH_PROTOCOL if option.value == wanted => OptionVerdict::Ack,
+        lcp_option::AUTH_PROTOCOL => OptionVerdict::Nak(wanted.to_vec()),
         _ => OptionVerdict::Reject,
     }
 }

@@ -53,13 +53,19 @@ mod eap {
 pub enum AuthMethod {
     /// CHAP with algorithm 0x81 (RFC 2759).
     MsChapV2,
-    /// EAP (RFC 3748), relayed to RADIUS.
+    /// EAP (RFC 3748): the driver runs the method behind [`Event::EapFromPeer`] (the
+    /// gateway's EAP-TLS, `proto::eap::tls`) or relays it to RADIUS.
     Eap,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The authentication protocol offered first.
     pub auth: AuthMethod,
+    /// Offered instead when the peer Naks or Rejects `auth` (once: a peer refusing both
+    /// ends the link). Windows answers an offer it is not configured for with a Nak
+    /// naming the protocol it wants.
+    pub fallback_auth: Option<AuthMethod>,
     /// The Name in the MS-CHAPv2 Challenge.
     pub server_name: String,
     /// The MRU this side asks for.
@@ -72,6 +78,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             auth: AuthMethod::MsChapV2,
+            fallback_auth: None,
             server_name: "p2sgw".into(),
             mru: 1500,
             establish_timeout: Duration::from_secs(90),
@@ -155,8 +162,9 @@ pub enum EapResult {
 pub enum Event {
     /// Check this MS-CHAPv2 Response and answer with [`PppServer::answer_ms_chap_v2`].
     VerifyMsChapV2(MsChapV2Verify),
-    /// An EAP packet from the peer to relay to RADIUS; answer with
-    /// [`PppServer::eap_to_peer`] (an Access-Challenge) or [`PppServer::eap_result`].
+    /// An EAP Response from the peer (the first is its Identity), for the EAP method
+    /// the driver runs or relays; answer with [`PppServer::eap_to_peer`] (the next
+    /// Request) or [`PppServer::eap_result`].
     EapFromPeer(Vec<u8>),
     /// Authentication succeeded: give the link its addresses with
     /// [`PppServer::assign_network`].
@@ -586,6 +594,15 @@ impl PppServer {
                     parse_options(packet.data).map_err(|error| DropReason::Malformed { protocol: "LCP", error })?;
                 self.lcp_failures += 1;
                 let refuses_auth = options.iter().any(|o| o.kind == lcp_option::AUTH_PROTOCOL);
+                if refuses_auth
+                    && self.lcp_failures <= MAX_CONFIGURE_FAILURES
+                    && let Some(fallback) = self.config.fallback_auth.take()
+                {
+                    debug!(refused = ?self.config.auth, offered = ?fallback, "the client refused the authentication protocol; offering the other");
+                    self.config.auth = fallback;
+                    self.send_lcp_request();
+                    return Ok(());
+                }
                 if refuses_auth || self.lcp_failures > MAX_CONFIGURE_FAILURES {
                     let method = match self.config.auth {
                         AuthMethod::MsChapV2 => "MS-CHAPv2",

@@ -351,3 +351,143 @@ fn negotiation_has_a_deadline() {
     assert!(matches!(&events(&mut server)[..], [Event::Closed(CloseReason::EstablishTimeout)]));
     assert_eq!(server.poll_timeout(), None);
 }
+
+#[test]
+fn a_nak_of_the_auth_protocol_switches_to_the_fallback_once() {
+    let now = Instant::now();
+    let config =
+        ServerConfig { auth: AuthMethod::Eap, fallback_auth: Some(AuthMethod::MsChapV2), ..Default::default() };
+    let mut server = PppServer::new(config, now);
+    let first = frames(&mut server).remove(0);
+    let ours = ControlPacket::parse(&first[4..]).unwrap();
+    // A client set up for MS-CHAPv2 Naks EAP and names what it wants.
+    let wants_chap = options(&[(lcp_option::AUTH_PROTOCOL, &[0xc2, 0x23, CHAP_MS_CHAP_V2])]);
+    server.handle_frame(now, &control_frame(LCP, code::CONFIGURE_NAK, ours.id, &wants_chap)).unwrap();
+    let second = frames(&mut server).remove(0);
+    let ours = ControlPacket::parse(&second[4..]).unwrap();
+    let offered = parse_options(ours.data).unwrap();
+    let auth = offered.iter().find(|o| o.kind == lcp_option::AUTH_PROTOCOL).unwrap();
+    assert_eq!(auth.value, [0xc2, 0x23, CHAP_MS_CHAP_V2]);
+    // Open LCP: the Challenge follows, and CHAP is what the link now speaks.
+    let peer_request = options(&[(lcp_option::MAGIC_NUMBER, &[1, 2, 3, 4])]);
+    server.handle_frame(now, &control_frame(LCP, code::CONFIGURE_REQUEST, 1, &peer_request)).unwrap();
+    server.handle_frame(now, &control_frame(LCP, code::CONFIGURE_ACK, ours.id, ours.data)).unwrap();
+    let sent = frames(&mut server);
+    assert_eq!(&sent.last().unwrap()[2..4], &protocol::CHAP.to_be_bytes());
+
+    // Refusing the fallback too ends the link.
+    let config =
+        ServerConfig { auth: AuthMethod::Eap, fallback_auth: Some(AuthMethod::MsChapV2), ..Default::default() };
+    let mut server = PppServer::new(config, now);
+    for _ in 0..2 {
+        let request = frames(&mut server).remove(0);
+        let ours = ControlPacket::parse(&request[4..]).unwrap();
+        let pap = options(&[(lcp_option::AUTH_PROTOCOL, &[0xc0, 0x23])]);
+        server.handle_frame(now, &control_frame(LCP, code::CONFIGURE_NAK, ours.id, &pap)).unwrap();
+    }
+    assert!(events(&mut server).is_empty(), "closed once the Terminate-Request is answered");
+    let terminate = frames(&mut server);
+    let request = ControlPacket::parse(&terminate[0][4..]).unwrap();
+    assert_eq!(request.code, code::TERMINATE_REQUEST);
+    server.handle_frame(now, &control_frame(LCP, code::TERMINATE_ACK, request.id, &[])).unwrap();
+    assert!(matches!(
+        &events(&mut server)[..],
+        [Event::Closed(CloseReason::Negotiation(why))] if why.contains("will not authenticate with MS-CHAPv2")
+    ));
+}
+
+#[test]
+fn eap_tls_between_the_test_client_and_the_gateway_gives_both_one_hlak() {
+    use std::sync::Arc;
+
+    use super::super::client::{ClientConfig, ClientEvent, EapTlsConfig, PppClient};
+    use crate::pki::test_support::{GATEWAY, TempDir, config_for};
+    use crate::pki::{KeyAlgorithm, Pki, ServerIdentity, TrustStore, load_certs, load_private_key};
+    use crate::proto::eap::tls::{EapTlsServer, OVERHEAD, ServerStep};
+
+    let tmp = TempDir::new("ppp-eap-tls");
+    Pki::init(tmp.path(), GATEWAY, KeyAlgorithm::EcdsaP256).unwrap();
+    let alice = Pki::open(tmp.path()).unwrap().issue("alice", 30).unwrap();
+    let config = config_for(tmp.path());
+    let trust = TrustStore::load(&config).unwrap();
+    // What the workers use: OpenVPN's TLS configuration, client certificate required.
+    let gateway_tls =
+        Arc::new(crate::control::tls::server_config(&trust, &ServerIdentity::load(&config).unwrap(), true).unwrap());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(load_certs(&tmp.path().join("ca.crt")).unwrap().swap_remove(0)).unwrap();
+    let client_tls =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(load_certs(&alice.cert_path).unwrap(), load_private_key(&alice.key_path).unwrap())
+            .unwrap();
+    let eap_tls = EapTlsConfig {
+        tls: Arc::new(client_tls),
+        server_name: rustls::pki_types::ServerName::try_from(GATEWAY).unwrap(),
+    };
+
+    let now = Instant::now();
+    let config =
+        ServerConfig { auth: AuthMethod::Eap, fallback_auth: Some(AuthMethod::MsChapV2), ..Default::default() };
+    let mut server = PppServer::new(config, now);
+    let mut client =
+        PppClient::new(ClientConfig { user: "alice".into(), password: String::new(), eap_tls: Some(eap_tls) });
+    let mut authenticator: Option<EapTlsServer> = None;
+    let mut server_keys = None;
+    for _ in 0..100 {
+        while let Some(frame) = client.poll_frame() {
+            server.handle_frame(now, &frame).unwrap();
+        }
+        while let Some(event) = server.poll_event() {
+            match event {
+                Event::EapFromPeer(packet) => {
+                    let step = match &mut authenticator {
+                        None => {
+                            let mut eap = EapTlsServer::new(gateway_tls.clone(), 1500 - OVERHEAD).unwrap();
+                            let start = eap.start(packet[1]);
+                            authenticator = Some(eap);
+                            ServerStep::Request(start)
+                        }
+                        Some(eap) => eap.handle_response(&packet),
+                    };
+                    match step {
+                        ServerStep::Request(request) => server.eap_to_peer(&request).unwrap(),
+                        ServerStep::Success(success) => {
+                            let keys = SessionKeys::Msk(success.msk);
+                            server.eap_result(now, EapResult::Success { keys, packet: None });
+                        }
+                        ServerStep::Failure(reason) => panic!("EAP-TLS failed: {reason}"),
+                    }
+                }
+                Event::Authenticated { user, keys } => {
+                    assert_eq!(user, "alice", "the EAP Identity");
+                    server_keys = Some(keys);
+                    server.assign_network(
+                        now,
+                        NetworkConfig {
+                            local: Ipv4Addr::new(10, 8, 0, 1),
+                            peer: Ipv4Addr::new(10, 8, 0, 2),
+                            primary_dns: None,
+                            secondary_dns: None,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        while let Some(frame) = server.poll_frame() {
+            client.handle_frame(&frame).unwrap();
+        }
+        if server.is_ip_up() {
+            break;
+        }
+    }
+    assert!(server.is_ip_up(), "IPCP came up after EAP-TLS");
+    let events: Vec<ClientEvent> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert_eq!(events[0], ClientEvent::Authenticated);
+    assert!(matches!(events[1], ClientEvent::IpUp { address, .. } if address == Ipv4Addr::new(10, 8, 0, 2)));
+    let server_hlak = server_hlak(&server_keys.expect("the server authenticated"));
+    assert_eq!(client.hlak(), Some(server_hlak), "the crypto binding key agrees");
+    assert_ne!(server_hlak, [0; 32]);
+}

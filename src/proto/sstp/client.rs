@@ -1,6 +1,6 @@
 //! A userspace SSTP client (what Windows does, PROTOCOLS.md §2.3–2.5) over the bytes
 //! inside TLS, with its [`PppClient`], for tests and load generation: HTTP request,
-//! CALL_CONNECT_REQUEST, PPP with MS-CHAPv2, CALL_CONNECTED with the crypto binding,
+//! CALL_CONNECT_REQUEST, PPP with MS-CHAPv2 or EAP-TLS, CALL_CONNECTED with the crypto binding,
 //! then IPv4 packets.
 
 use std::collections::VecDeque;
@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use super::binding::{self, CertHashes, HashProtocol};
 use super::http;
 use super::packet::{self, MessageType, Packet, attribute};
-use crate::proto::ppp::client::{ClientConfig as PppClientConfig, ClientEvent, PppClient};
+use crate::proto::ppp::client::{ClientConfig as PppClientConfig, ClientEvent, EapTlsConfig, PppClient};
 
 #[derive(Debug, Clone)]
 pub struct SstpClientConfig {
@@ -17,6 +17,8 @@ pub struct SstpClientConfig {
     pub host: String,
     pub user: String,
     pub password: String,
+    /// Sign in with EAP-TLS (a certificate) instead of MS-CHAPv2.
+    pub eap_tls: Option<EapTlsConfig>,
     /// The hashes of the certificate TLS showed (the binding proves it is the gateway's).
     pub server_cert_hashes: CertHashes,
     /// Send CALL_CONNECTED right after the MS-CHAPv2 Response, before the verdict, as
@@ -177,6 +179,7 @@ impl SstpClient {
                 self.ppp = Some(PppClient::new(PppClientConfig {
                     user: self.config.user.clone(),
                     password: self.config.password.clone(),
+                    eap_tls: self.config.eap_tls.clone(),
                 }));
                 self.pump_ppp();
             }

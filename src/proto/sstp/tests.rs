@@ -77,6 +77,7 @@ impl Link {
             host: "sstp.test".into(),
             user: USER.into(),
             password: password.into(),
+            eap_tls: None,
             server_cert_hashes: client_cert_hashes,
             call_connected_early,
         });
