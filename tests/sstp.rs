@@ -58,26 +58,21 @@ fn start_sstp_with_env(
     extra: &[&str],
     env: &[&str],
 ) -> Proc {
+    start_sstp_client(topo, gw, k, &["--user", user, "--password", password], extra, env)
+}
+
+/// Starts the SSTP client in client namespace `k` with sign-in arguments `sign_in`
+/// (`--user`/`--password` or `--cert`/`--key`), `extra` arguments and `NAME=value`
+/// environment settings.
+fn start_sstp_client(topo: &Topology, gw: &Gateway, k: usize, sign_in: &[&str], extra: &[&str], env: &[&str]) -> Proc {
     let client = sstp_client_path();
     let server = format!("{}:443", topo.gateway_addr_for(k));
     let ca = gw.pki_dir().join("ca.crt");
     let mut args = vec!["env"];
     args.extend_from_slice(env);
-    args.extend([
-        path(&client),
-        "--server",
-        &server,
-        "--server-name",
-        GATEWAY_NAME,
-        "--ca",
-        path(&ca),
-        "--user",
-        user,
-        "--password",
-        password,
-        "--route",
-        VNET_SUBNET,
-    ]);
+    args.extend([path(&client), "--server", &server, "--server-name", GATEWAY_NAME, "--ca", path(&ca)]);
+    args.extend_from_slice(sign_in);
+    args.extend(["--route", VNET_SUBNET]);
     args.extend_from_slice(extra);
     topo.client(k).spawn(&args, "sstp-client")
 }
@@ -325,28 +320,7 @@ fn start_sstp_eap_tls(
     extra: &[&str],
     env: &[&str],
 ) -> Proc {
-    let client = sstp_client_path();
-    let server = format!("{}:443", topo.gateway_addr_for(k));
-    let ca = gw.pki_dir().join("ca.crt");
-    let mut args = vec!["env"];
-    args.extend_from_slice(env);
-    args.extend([
-        path(&client),
-        "--server",
-        &server,
-        "--server-name",
-        GATEWAY_NAME,
-        "--ca",
-        path(&ca),
-        "--cert",
-        path(cert),
-        "--key",
-        path(key),
-        "--route",
-        VNET_SUBNET,
-    ]);
-    args.extend_from_slice(extra);
-    topo.client(k).spawn(&args, "sstp-client")
+    start_sstp_client(topo, gw, k, &["--cert", path(cert), "--key", path(key)], extra, env)
 }
 
 /// The certificate and key files `gw.issue(name)` wrote.

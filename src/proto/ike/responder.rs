@@ -336,6 +336,24 @@ struct IkeSa {
 }
 
 impl IkeSa {
+    /// Decrypts the SK payload and, for RFC 7383 fragments, collects them: the whole
+    /// message's first payload type and plaintext, or `None` while fragments are missing.
+    fn open(
+        &mut self,
+        header: &Header,
+        data: &[u8],
+        encrypted: &message::Encrypted,
+    ) -> Result<Option<(u8, Vec<u8>)>, Dropped> {
+        let plaintext = self.cipher.open(data, encrypted.iv_offset).map_err(|_| Dropped::Integrity)?;
+        match encrypted.fragment {
+            None => Ok(Some((encrypted.first_inner, plaintext))),
+            Some((number, total)) => self
+                .reassembly
+                .add(header.message_id, number, total, encrypted.first_inner, plaintext)
+                .map_err(|_| Dropped::Refused("fragment reassembly limits")),
+        }
+    }
+
     fn our_spi(&self) -> [u8; 8] {
         if self.original_initiator { self.spi_i } else { self.spi_r }
     }
@@ -940,17 +958,7 @@ impl Responder {
         if header.message_id != sa.peer_next_id {
             return Err(Dropped::OutOfWindow(header.message_id));
         }
-        let plaintext = sa.cipher.open(data, encrypted.iv_offset).map_err(|_| Dropped::Integrity)?;
-        let (first, inner) = match encrypted.fragment {
-            None => (encrypted.first_inner, plaintext),
-            Some((number, total)) => {
-                match sa.reassembly.add(header.message_id, number, total, encrypted.first_inner, plaintext) {
-                    Ok(Some(whole)) => whole,
-                    Ok(None) => return Ok(()),
-                    Err(_) => return Err(Dropped::Refused("fragment reassembly limits")),
-                }
-            }
-        };
+        let Some((first, inner)) = sa.open(&header, data, &encrypted)? else { return Ok(()) };
         sa.peer_next_id += 1;
         s.last_heard = now;
         if (local, remote) != (s.local, s.remote) {
@@ -1678,17 +1686,7 @@ impl Responder {
         if outstanding.message_id != header.message_id {
             return Err(Dropped::UnexpectedResponse);
         }
-        let plaintext = sa.cipher.open(data, encrypted.iv_offset).map_err(|_| Dropped::Integrity)?;
-        let (first, inner) = match encrypted.fragment {
-            None => (encrypted.first_inner, plaintext),
-            Some((number, total)) => {
-                match sa.reassembly.add(header.message_id, number, total, encrypted.first_inner, plaintext) {
-                    Ok(Some(whole)) => whole,
-                    Ok(None) => return Ok(()),
-                    Err(_) => return Err(Dropped::Refused("fragment reassembly limits")),
-                }
-            }
-        };
+        let Some((first, inner)) = sa.open(&header, data, encrypted)? else { return Ok(()) };
         let outstanding = sa.outstanding.take().expect("checked above");
         s.last_heard = now;
         let parts = Parts::of(message::parse_chain(first, &inner, 0).unwrap_or_default());
