@@ -59,7 +59,8 @@ pub struct KeySet {
 /// socket for listen address `listener` (any worker's), to the client's address.
 /// Replaced whole at a CHILD SA rekey or when the client's address changes.
 pub struct EspOutbound {
-    pub sa: OutboundSa,
+    /// Shared with the route that replaces this one when the client moves.
+    pub sa: Arc<OutboundSa>,
     pub inbound_spi: u32,
     pub listener: usize,
     pub peer: SocketAddr,

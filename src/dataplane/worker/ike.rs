@@ -287,7 +287,7 @@ impl Worker {
         );
         session.inbound_spis.push(child.inbound_spi);
         shared.esp.store(Some(Arc::new(EspOutbound {
-            sa: outbound,
+            sa: Arc::new(outbound),
             inbound_spi: child.inbound_spi,
             listener,
             peer: child.remote,
@@ -305,15 +305,14 @@ impl Worker {
             return;
         };
         let Some((listener, from)) = self.nat_t_socket_for(local) else { return };
-        // The outbound SA keeps its sequence numbers: move it into the new route.
-        let Some(current) = shared.esp.swap(None) else { return };
-        let moved = match Arc::try_unwrap(current) {
-            Ok(out) => EspOutbound { listener, peer: remote, local: from, ..out },
-            Err(still_shared) => {
-                // Another worker is sealing with it right now: keep it where it was.
-                shared.esp.store(Some(still_shared));
-                return;
-            }
+        // The same outbound SA (its sequence numbers go on), on the new route.
+        let Some(current) = shared.esp.load_full() else { return };
+        let moved = EspOutbound {
+            sa: current.sa.clone(),
+            inbound_spi: current.inbound_spi,
+            listener,
+            peer: remote,
+            local: from,
         };
         info!(worker = self.index, %remote, "IKEv2 client moved");
         shared.esp.store(Some(Arc::new(moved)));
