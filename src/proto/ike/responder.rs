@@ -1066,6 +1066,18 @@ impl Responder {
         });
     }
 
+    /// Answers a CREATE_CHILD_SA request with an error notify and drops it.
+    fn refuse_create_child(
+        &mut self,
+        s: &mut Session,
+        message_id: u32,
+        notify_type: u16,
+        why: &'static str,
+    ) -> Result<(), Dropped> {
+        self.respond(s, false, exchange::CREATE_CHILD_SA, message_id, vec![error_notify(notify_type)]);
+        Err(Dropped::Refused(why))
+    }
+
     fn fail_auth(&mut self, s: &mut Session, message_id: u32, reason: String) -> Result<(), Dropped> {
         self.respond(s, false, exchange::IKE_AUTH, message_id, vec![error_notify(notify::AUTHENTICATION_FAILED)]);
         self.events.push_back(Event::AuthenticationFailed { remote: s.remote, reason: reason.clone() });
@@ -1438,8 +1450,12 @@ impl Responder {
             return Err(Dropped::WrongState);
         }
         let (Some(proposals), Some(ni)) = (&parts.sa, &parts.nonce) else {
-            self.respond(s, false, exchange::CREATE_CHILD_SA, message_id, vec![error_notify(notify::INVALID_SYNTAX)]);
-            return Err(Dropped::Refused("CREATE_CHILD_SA without SA or nonce"));
+            return self.refuse_create_child(
+                s,
+                message_id,
+                notify::INVALID_SYNTAX,
+                "CREATE_CHILD_SA without SA or nonce",
+            );
         };
         // A rekey of what we are rekeying ourselves: the peer retries later, after ours
         // completed (RFC 7296 §2.25 instead of the §2.8.1 nonce tie-break).
@@ -1454,14 +1470,12 @@ impl Responder {
             _ => false,
         };
         if colliding {
-            self.respond(
+            return self.refuse_create_child(
                 s,
-                false,
-                exchange::CREATE_CHILD_SA,
                 message_id,
-                vec![error_notify(notify::TEMPORARY_FAILURE)],
+                notify::TEMPORARY_FAILURE,
+                "rekey collision: ours is in progress",
             );
-            return Err(Dropped::Refused("rekey collision: ours is in progress"));
         }
         if rekeying_ike {
             return self.handle_ike_rekey(now, s, message_id, &parts);
@@ -1510,14 +1524,7 @@ impl Responder {
                 let ke = KeyExchange::generate(group).map_err(|_| Dropped::Refused("key generation failed"))?;
                 let Ok(shared) = ke.agree(data) else {
                     self.inbound_spis.remove(&inbound_spi);
-                    self.respond(
-                        s,
-                        false,
-                        exchange::CREATE_CHILD_SA,
-                        message_id,
-                        vec![error_notify(notify::INVALID_SYNTAX)],
-                    );
-                    return Err(Dropped::Refused("invalid KE public value"));
+                    return self.refuse_create_child(s, message_id, notify::INVALID_SYNTAX, "invalid KE public value");
                 };
                 payloads.push(Payload::Ke { group: group.id(), data: ke.public_value().to_vec() });
                 Some(shared)
@@ -1553,8 +1560,7 @@ impl Responder {
         parts: &Parts,
     ) -> Result<(), Dropped> {
         let (Some(proposals), Some(ni), Some((ke_group, ke_data))) = (&parts.sa, &parts.nonce, &parts.ke) else {
-            self.respond(s, false, exchange::CREATE_CHILD_SA, message_id, vec![error_notify(notify::INVALID_SYNTAX)]);
-            return Err(Dropped::Refused("IKE rekey without KE"));
+            return self.refuse_create_child(s, message_id, notify::INVALID_SYNTAX, "IKE rekey without KE");
         };
         let old_prf = s.ike.suite.prf;
         let (suite, group, mut reply) =
@@ -1566,14 +1572,12 @@ impl Responder {
                     return Ok(());
                 }
                 IkeChoice::NoProposalChosen => {
-                    self.respond(
+                    return self.refuse_create_child(
                         s,
-                        false,
-                        exchange::CREATE_CHILD_SA,
                         message_id,
-                        vec![error_notify(notify::NO_PROPOSAL_CHOSEN)],
+                        notify::NO_PROPOSAL_CHOSEN,
+                        "no acceptable IKE rekey proposal",
                     );
-                    return Err(Dropped::Refused("no acceptable IKE rekey proposal"));
                 }
             };
         let Some(peer_proposal) = proposals.iter().find(|p| p.number == reply.number && p.protocol == protocol::IKE)
@@ -1581,13 +1585,16 @@ impl Responder {
             return Err(Dropped::Refused("chosen proposal vanished"));
         };
         let Ok(new_spi_i) = <[u8; 8]>::try_from(&peer_proposal.spi[..]) else {
-            self.respond(s, false, exchange::CREATE_CHILD_SA, message_id, vec![error_notify(notify::INVALID_SYNTAX)]);
-            return Err(Dropped::Refused("IKE rekey proposal without an 8-byte SPI"));
+            return self.refuse_create_child(
+                s,
+                message_id,
+                notify::INVALID_SYNTAX,
+                "IKE rekey proposal without an 8-byte SPI",
+            );
         };
         let ke = KeyExchange::generate(group).map_err(|_| Dropped::Refused("key generation failed"))?;
         let Ok(shared) = ke.agree(ke_data) else {
-            self.respond(s, false, exchange::CREATE_CHILD_SA, message_id, vec![error_notify(notify::INVALID_SYNTAX)]);
-            return Err(Dropped::Refused("invalid KE public value"));
+            return self.refuse_create_child(s, message_id, notify::INVALID_SYNTAX, "invalid KE public value");
         };
         let nr: [u8; NONCE_LEN] = random_bytes();
         let new_spi_r = self.allocate_ike_spi();
