@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod dataplane;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod loadgen;
 pub mod package;
 pub mod pki;
 pub mod pool;

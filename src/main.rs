@@ -111,6 +111,11 @@ enum Command {
         #[command(flatten)]
         gateway: RunningGateway,
     },
+    /// Load-test an OpenVPN-protocol server (p2sgw or OpenVPN 2.6): connect many clients
+    /// with a profile, send UDP probes through the tunnels to a `loadgen-sink`, report.
+    Loadgen(p2sgw::loadgen::LoadgenArgs),
+    /// UDP echo server for `loadgen --sink`, to run behind the server under test.
+    LoadgenSink(p2sgw::loadgen::SinkArgs),
 }
 
 /// How to reach the running gateway's admin socket.
@@ -337,6 +342,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Loadgen(args) => p2sgw::loadgen::run_loadgen(&args),
+        Command::LoadgenSink(args) => p2sgw::loadgen::run_sink(args.listen),
         Command::Profile { source, name, out, transport } => {
             let config = source.load()?;
             let text = openvpn_profile(&config, Some(&name), transport)?;
