@@ -526,6 +526,17 @@ pub fn config_text(data: &[u8]) {
     }
 }
 
+/// What the load generator reads back from a server under test: the echoed probe packets
+/// inside the tunnel, and (operator input) a client profile.
+pub fn loadgen_input(data: &[u8]) {
+    if let Ok(datagram) = crate::loadgen::packet::parse_udp_packet(data) {
+        let _ = crate::loadgen::packet::Probe::decode(datagram.payload);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::loadgen::profile::Profile::parse(text);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,5 +814,16 @@ mod tests {
         mutations(&[&frames, &eap_frames], 2000, ppp_frames);
         mutations(&[&up_frames], 300, ppp_frames);
         mutations(&[&gateway_stream], 2000, sstp_client_stream);
+    }
+
+    #[test]
+    fn loadgen_survives_mutated_echoes_and_profiles() {
+        use crate::loadgen::packet::{Probe, write_probe_packet};
+        let mut echo = [0u8; 200];
+        let probe = Probe { client: 7, sequence: 42, sent_ns: 1_000 };
+        let (src, dst) = ("172.16.0.2:40000".parse().unwrap(), "10.50.0.2:9000".parse().unwrap());
+        write_probe_packet(&mut echo, src, dst, &probe, 200);
+        let profile = b"client\nremote 192.0.2.1 1194 udp\n<ca>\n-----BEGIN CERTIFICATE-----\n</ca>\n";
+        mutations(&[&echo, profile], 3000, loadgen_input);
     }
 }

@@ -11,8 +11,8 @@
 //! `--profile` takes several files or a directory, and clients use them in turn.
 
 mod client;
-mod packet;
-mod profile;
+pub(crate) mod packet;
+pub(crate) mod profile;
 mod report;
 mod sink;
 mod sys;
