@@ -80,13 +80,14 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
     let cpus = sys::allowed_cpus();
     let workers = if config.dataplane.workers == 0 { cpus.len().max(1) } else { config.dataplane.workers };
     let pool = AddressPool::new(config.network.pool);
-    let (tun_device, tun_queues) = tun::create(
+    let tun::TunQueues { device: tun_device, fds: tun_queues, offload: tun_offload } = tun::create(
         &config.dataplane.tun_name,
         pool.gateway_address(),
         config.network.pool,
         &config.group_pools().into_iter().map(|(_, net)| net).collect::<Vec<_>>(),
         config.openvpn.tun_mtu,
         workers,
+        config.dataplane.offload,
     )?;
     let ike_trust = Arc::new(SharedTrust::new(trust.clone()));
     let ike_credential = if config.ikev2.enabled { Some(ike::credential(&identity)?) } else { None };
@@ -120,7 +121,7 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
             let tag = u8::try_from(index).context("IKEv2 serves at most 256 workers")?;
             ike = Some(Arc::new(ike::responder_config(&config, credential.clone(), ike_trust.clone(), tag)));
         }
-        io.push(WorkerIo { udp, udp_roles, tcp, tun, ike });
+        io.push(WorkerIo { udp, udp_roles, tcp, tun, tun_offload, udp_gso: config.dataplane.offload, ike });
     }
     let (to_control, events) = tokio::sync::mpsc::unbounded_channel();
     let inboxes = (0..workers).map(|_| Inbox::new().map(Arc::new)).collect::<std::io::Result<Vec<_>>>()?;

@@ -141,6 +141,10 @@ pub struct DataplaneConfig {
     pub workers: usize,
     /// Name of the multi-queue TUN device.
     pub tun_name: String,
+    /// Kernel offloads on the TUN device (TSO/USO super-packets split by the workers,
+    /// decrypted packets coalesced into one write) and UDP GSO towards OpenVPN clients.
+    /// Off: one system call per packet, as on kernels without them.
+    pub offload: bool,
 }
 
 impl Default for GatewayConfig {
@@ -439,7 +443,7 @@ impl Default for OpenVpnConfig {
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        DataplaneConfig { workers: 0, tun_name: "p2sgw0".to_string() }
+        DataplaneConfig { workers: 0, tun_name: "p2sgw0".to_string(), offload: true }
     }
 }
 

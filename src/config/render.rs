@@ -87,6 +87,7 @@ pub(super) fn effective_toml(config: &Config) -> String {
     });
     out.key("workers", dataplane.workers, workers_note.as_deref());
     out.key("tun_name", string(&dataplane.tun_name), None);
+    out.key("offload", dataplane.offload, (!dataplane.offload).then_some("one system call per packet"));
 
     let auth = &config.auth;
     out.section("auth");

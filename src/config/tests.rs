@@ -405,6 +405,13 @@ fn workers_at_most_256() {
 }
 
 #[test]
+fn offload_switch() {
+    assert!(Config::default().dataplane.offload);
+    assert!(!accepted(&["[dataplane]", "offload = false"]).dataplane.offload);
+    assert_refused(&["[dataplane]", "workers = 2", "offload = \"yes\""], 3, "dataplane.offload:");
+}
+
+#[test]
 fn tun_name_rules() {
     assert_refused(&["[dataplane]", "tun_name = \"\""], 2, "tun_name is empty");
     assert_refused(&["[dataplane]", "tun_name = \"p2sgw-0123456789\""], 2, "longer than 15 bytes");

@@ -16,9 +16,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::ControlPlane;
-use crate::dataplane::counters::{DropReason, total_drops};
+use crate::dataplane::counters::{DropReason, WorkerCounters, total_drops};
 
 type Labels = Vec<(&'static str, String)>;
+/// One of a worker's counters.
+type WorkerCounter = fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64;
 
 /// What the control plane tallies between scrapes.
 pub struct Metrics {
@@ -132,6 +134,29 @@ pub fn render(plane: &ControlPlane) -> String {
         completions,
     );
     registry.register("worker_handoffs", "Packets a worker handed to the worker owning their session", handoffs);
+
+    // Kernel offloads at work: tun_writes well below worker_packets{direction="from_clients"}
+    // (coalesced writes), tun_split_packets / tun_super_reads packets per TUN read, and
+    // udp_gso_datagrams / udp_gso_sends datagrams per send.
+    let offload_counters: [(&str, &str, WorkerCounter); 6] = [
+        ("worker_tun_super_reads", "TSO/USO super-packets a worker read from the TUN device", |w| &w.tun_super_reads),
+        ("worker_tun_split_packets", "Packets a worker cut from TUN super-packets", |w| &w.tun_split_packets),
+        ("worker_tun_writes", "Writes a worker made to the TUN device (one may carry a coalesced flow)", |w| {
+            &w.tun_writes
+        }),
+        ("worker_tun_coalesced_writes", "TUN writes carrying several packets of a flow coalesced (GRO)", |w| {
+            &w.tun_coalesced_writes
+        }),
+        ("worker_udp_gso_sends", "UDP GSO sends (one sendmsg for several datagrams to a client)", |w| &w.udp_gso_sends),
+        ("worker_udp_gso_datagrams", "Datagrams sent by UDP GSO sends", |w| &w.udp_gso_datagrams),
+    ];
+    for (name, help, counter) in offload_counters {
+        let family = Family::<Labels, Counter>::default();
+        for (index, w) in workers.iter().enumerate() {
+            family.get_or_create(&vec![("worker", index.to_string())]).inc_by(counter(w).load(Ordering::Relaxed));
+        }
+        registry.register(name, help, family);
+    }
 
     let pool = Family::<Labels, Gauge>::default();
     pool.get_or_create(&vec![("state", "in_use".into())]).set(i64::from(plane.pools.in_use()));

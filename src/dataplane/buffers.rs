@@ -64,6 +64,21 @@ impl BufferPool {
         &mut self.data[id as usize]
     }
 
+    /// Mutable access to several buffers at once; `ids` must be distinct and ascending.
+    pub fn get_many_mut(&mut self, ids: &[BufId]) -> Vec<&mut [u8; BUF_SIZE]> {
+        let mut many = Vec::with_capacity(ids.len());
+        let mut rest: &mut [[u8; BUF_SIZE]] = &mut self.data;
+        let mut rest_starts_at = 0;
+        for &id in ids {
+            let skip = (id as usize).checked_sub(rest_starts_at).expect("buffer ids are distinct and ascending");
+            let (one, tail) = std::mem::take(&mut rest)[skip..].split_first_mut().expect("buffer ids are in the pool");
+            many.push(one);
+            rest = tail;
+            rest_starts_at = id as usize + 1;
+        }
+        many
+    }
+
     /// Fills the message header of `id` to send `data[start..end]` to `to`, from local
     /// address `from` when given (a socket bound to the wildcard address must answer
     /// from the address the client wrote to), and returns a pointer for SendMsg. Valid
@@ -164,6 +179,20 @@ mod tests {
         p.release(b);
         assert_eq!(p.alloc(), Some(b));
         assert_eq!(p.available(), 0);
+    }
+
+    #[test]
+    fn many_buffers_at_once_are_the_right_ones() {
+        let mut p = BufferPool::new(8);
+        for id in 0..8 {
+            p.get_mut(id)[0] = id as u8;
+        }
+        let many = p.get_many_mut(&[1, 4, 7]);
+        assert_eq!(many.iter().map(|b| b[0]).collect::<Vec<_>>(), [1, 4, 7]);
+        for b in many {
+            b[1] = 0xaa;
+        }
+        assert_eq!((0..8).filter(|&id| p.get(id)[1] == 0xaa).collect::<Vec<_>>(), [1, 4, 7]);
     }
 
     #[test]

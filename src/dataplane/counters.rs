@@ -79,6 +79,17 @@ pub struct WorkerCounters {
     pub from_tun_bytes: AtomicU64,
     /// TUN packets for a TCP session handed to the worker that owns it.
     pub handoffs: AtomicU64,
+    /// TSO/USO super-packets read from the TUN queue, and the packets cut from them.
+    pub tun_super_reads: AtomicU64,
+    pub tun_split_packets: AtomicU64,
+    /// Writes to the TUN queue (with offloads one write may carry a coalesced flow), and
+    /// of those, writes of a coalesced super-packet.
+    pub tun_writes: AtomicU64,
+    pub tun_coalesced_writes: AtomicU64,
+    /// UDP GSO sends (one `sendmsg` for several datagrams to a client), and the
+    /// datagrams they carried.
+    pub udp_gso_sends: AtomicU64,
+    pub udp_gso_datagrams: AtomicU64,
     /// Completions processed per ring wait, summed (with `batches`, the mean batch).
     pub completions: AtomicU64,
     pub batches: AtomicU64,

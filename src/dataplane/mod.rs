@@ -5,6 +5,8 @@
 
 pub mod buffers;
 pub mod counters;
+pub mod gso;
+pub mod offload;
 pub mod sstp;
 pub mod sys;
 pub mod table;
@@ -237,6 +239,10 @@ pub struct WorkerIo {
     pub udp_roles: Vec<UdpRole>,
     pub tcp: Vec<OwnedFd>,
     pub tun: OwnedFd,
+    /// The kernel offloads of the TUN queue; `None` when it reads and writes plain packets.
+    pub tun_offload: Option<tun::TunOffload>,
+    /// Try UDP GSO on the OpenVPN sockets (the `offload` switch; each socket is probed).
+    pub udp_gso: bool,
     /// The worker's IKEv2 responder settings (its SPIs tagged with the worker's index),
     /// when IKEv2 is enabled.
     pub ike: Option<Arc<ike::ResponderConfig>>,

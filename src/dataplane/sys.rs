@@ -106,6 +106,35 @@ pub fn set_source_address(hdr: &mut libc::msghdr, control: &mut [u64; 8], from: 
     }
 }
 
+/// Adds a UDP_SEGMENT control message (the segment size of a UDP GSO send) to `hdr`,
+/// after the one `set_source_address` may have put into `control`.
+pub fn add_udp_segment(hdr: &mut libc::msghdr, control: &mut [u64; 8], segment: u16) {
+    if hdr.msg_control.is_null() {
+        *control = [0; 8];
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = 0;
+    }
+    // SAFETY: CMSG_SPACE of a u16 is 24 bytes; after an in6_pktinfo message (40 bytes)
+    // that still ends within the 64-byte, 8-aligned control buffer, which `hdr` points
+    // at; the data is written unaligned.
+    unsafe {
+        let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        assert!(hdr.msg_controllen + space <= size_of::<[u64; 8]>(), "control buffer too small");
+        let c = control.as_mut_ptr().cast::<u8>().add(hdr.msg_controllen).cast::<libc::cmsghdr>();
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+        hdr.msg_controllen += space;
+    }
+}
+
+/// Whether the kernel takes UDP GSO sends on this socket (Linux 4.18+): setting the
+/// socket's default segment size to 0 (none) changes nothing but fails without it.
+pub fn udp_gso_supported(fd: RawFd) -> bool {
+    set_int_opt(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok()
+}
+
 /// Sends one datagram now, with a plain `sendmsg` (for control messages of any size,
 /// such as IKE, outside the ring's fixed buffers).
 pub fn send_datagram(fd: RawFd, data: &[u8], to: &SocketAddr, from: Option<IpAddr>) -> io::Result<()> {

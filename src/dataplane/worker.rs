@@ -21,6 +21,8 @@ use tracing::{debug, warn};
 
 use super::buffers::{BUF_SIZE, BufId, BufferPool};
 use super::counters::{DropReason, WorkerCounters};
+use super::gso::{Datagram, Destination, GsoBatch, GsoSends};
+use super::offload::{Coalescer, ReadBuffers, TUN_READ_SIZE, WriteFrom, split_tun_read};
 use super::sstp::{EapProgress, SstpConn, TLS_HANDSHAKE_RECORD};
 use super::table::{KeySet, SessionShared, Transport};
 use super::tcp::{Frame, MAX_QUEUED_OUTPUT, Stream, TcpConn};
@@ -58,6 +60,12 @@ const OP_TCP_ACCEPT: u64 = 5;
 const OP_TCP_RECV: u64 = 6;
 const OP_TCP_SEND: u64 = 7;
 const OP_WAKE: u64 = 8;
+/// A read from a TUN queue with offloads, into a read buffer (not a pool buffer).
+const OP_TUN_READ_OFFLOAD: u64 = 9;
+/// A write of the coalescer's (its slot in the second index).
+const OP_TUN_WRITE_STAGED: u64 = 10;
+/// A UDP GSO send (its slot in the second index).
+const OP_UDP_GSO_SEND: u64 = 11;
 
 fn user_data(op: u64, a: u32, b: u32) -> u64 {
     (op << 56) | (u64::from(a & 0x00ff_ffff) << 32) | u64::from(b)
@@ -113,6 +121,19 @@ pub(super) struct Worker {
     shutdown_at: Option<Instant>,
     /// This worker's IKEv2 responder, when IKEv2 is enabled.
     ike: Option<ike::IkeEndpoint>,
+    /// With TUN offloads: where reads land (super-packets), and the batch's TUN writes.
+    tun_reads: Option<ReadBuffers>,
+    gro: Option<Coalescer>,
+    /// The packets cut from one read (reused).
+    split: Vec<(BufId, usize)>,
+    /// Per UDP socket, the largest datagram sent by UDP GSO; 0 where it is off (IKE
+    /// sockets, a kernel without it, or the offload switch off).
+    udp_gso_segment: Vec<usize>,
+    /// Sealed datagrams for one client gathered for a GSO send, the sends in flight,
+    /// and a spare list of datagrams (reused).
+    gso_batch: GsoBatch,
+    gso_sends: GsoSends,
+    gso_datagrams: Vec<Datagram>,
 }
 
 impl Worker {
@@ -126,6 +147,15 @@ impl Worker {
         let acceptor = Acceptor::new(shared.tls_crypt.clone());
         let udp_armed = vec![0; io.udp.len()];
         let ike = io.ike.clone().map(ike::IkeEndpoint::new);
+        let tun_reads = io.tun_offload.map(|_| ReadBuffers::new(TUN_READ_DEPTH));
+        let gro = io.tun_offload.map(|o| Coalescer::new(o.udp));
+        let udp_gso_segment = (0..io.udp.len())
+            .map(|i| {
+                let gso =
+                    io.udp_gso && io.udp_roles[i] == UdpRole::OpenVpn && sys::udp_gso_supported(io.udp[i].as_raw_fd());
+                if gso { BUF_SIZE } else { 0 }
+            })
+            .collect();
         Ok(Worker {
             ring,
             index,
@@ -151,6 +181,13 @@ impl Worker {
             now_secs: shared.secs(Instant::now()),
             shutdown_at: None,
             ike,
+            tun_reads,
+            gro,
+            split: Vec::with_capacity(super::offload::MAX_SPLIT_SEGMENTS),
+            udp_gso_segment,
+            gso_batch: GsoBatch::default(),
+            gso_sends: GsoSends::default(),
+            gso_datagrams: Vec::with_capacity(super::gso::MAX_SEGMENTS),
             shared,
         })
     }
@@ -217,6 +254,8 @@ impl Worker {
                 self.tick(now);
                 next_tick = now + TICK;
             }
+            self.flush_tun_writes();
+            self.flush_gso();
             self.rearm();
             if let Some(t) = self.shutdown_at
                 && (now >= t
@@ -264,6 +303,16 @@ impl Worker {
                 )));
                 self.udp_armed[listener] += 1;
             }
+        }
+        if let Some(reads) = self.tun_reads.as_mut() {
+            while self.tun_armed < TUN_READ_DEPTH {
+                let Some(r) = reads.alloc() else { return };
+                let ptr = reads.get_mut(r).as_mut_ptr();
+                let read = opcode::Read::new(types::Fd(self.io.tun.as_raw_fd()), ptr, TUN_READ_SIZE as u32);
+                push_entry(&mut self.ring, &read.build().user_data(user_data(OP_TUN_READ_OFFLOAD, 0, r)));
+                self.tun_armed += 1;
+            }
+            return;
         }
         while self.tun_armed < TUN_READ_DEPTH {
             let Some(b) = self.bufs.alloc() else { return };
@@ -331,6 +380,19 @@ impl Worker {
                 }
                 self.on_tun(b, res as usize, routes);
             }
+            OP_TUN_READ_OFFLOAD => {
+                self.tun_armed -= 1;
+                self.on_tun_offload(b, res, routes);
+            }
+            OP_TUN_WRITE_STAGED => {
+                if res < 0 {
+                    debug!(worker = self.index, error = %io::Error::from_raw_os_error(-res), "TUN write failed");
+                }
+                if let Some(gro) = self.gro.as_mut() {
+                    gro.written(b);
+                }
+            }
+            OP_UDP_GSO_SEND => self.on_gso_sent(b, res),
             OP_TCP_ACCEPT => {
                 if res >= 0 {
                     // SAFETY: a successful accept returns a new fd that we now own.
@@ -446,6 +508,14 @@ impl Worker {
     }
 
     fn write_tun(&mut self, b: BufId, start: usize, end: usize) {
+        if let Some(gro) = self.gro.as_mut() {
+            let full = gro.stage(b, start, end);
+            self.counters().wrote_to_tun(end - start);
+            if full {
+                self.flush_tun_writes();
+            }
+            return;
+        }
         let ptr = self.bufs.get_mut(b)[start..].as_ptr();
         let fd = self.io.tun.as_raw_fd();
         self.push(opcode::Write::new(types::Fd(fd), ptr, (end - start) as u32).build().user_data(user_data(
@@ -454,6 +524,41 @@ impl Worker {
             b,
         )));
         self.counters().wrote_to_tun(end - start);
+        self.counters().tun_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Coalesces and submits the TUN writes staged in this batch (with offloads).
+    fn flush_tun_writes(&mut self) {
+        let Worker { ring, io, bufs, gro, shared, index, .. } = self;
+        if let Some(gro) = gro.as_mut() {
+            flush_coalescer(ring, &io.tun, bufs, gro, &shared.counters[*index]);
+        }
+    }
+
+    /// A read from the TUN queue with offloads, in read buffer `r`: its packets, cut
+    /// from a super-packet or alone, each go the way of a plain read.
+    fn on_tun_offload(&mut self, r: u32, res: i32, routes: &Routes<'_>) {
+        let Some(reads) = self.tun_reads.as_mut() else { return };
+        if res <= 0 {
+            reads.release(r);
+            return;
+        }
+        let mut split = std::mem::take(&mut self.split);
+        let outcome = split_tun_read(&mut reads.get_mut(r)[..res as usize], &mut self.bufs, &mut split);
+        reads.release(r);
+        match outcome {
+            Ok(true) => {
+                let c = self.counters();
+                c.tun_super_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                c.tun_split_packets.fetch_add(split.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(reason) => self.count_drop(reason),
+        }
+        for (b, len) in split.drain(..) {
+            self.on_tun(b, len, routes);
+        }
+        self.split = split;
     }
 
     /// A packet read from the TUN, at `bufs[b][HEADROOM..HEADROOM + len]`.
@@ -473,7 +578,7 @@ impl Worker {
         match session.transport {
             Transport::Udp { listener, peer, local } => match self.seal_into(session, b, len) {
                 Ok((start, end)) => {
-                    self.send_udp(listener, peer, local, b, start, end);
+                    self.send_udp_data(Destination { listener, peer, local }, Datagram { id: b, start, end });
                     self.counters().sent_from_tun(len);
                 }
                 Err(reason) => {
@@ -546,6 +651,84 @@ impl Worker {
         let hdr = self.bufs.prepare_send(b, start, end, &peer, local);
         let fd = self.io.udp[listener].as_raw_fd();
         self.push(opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(user_data(OP_UDP_SEND, 0, b)));
+    }
+
+    /// Sends a sealed data packet to an OpenVPN client over UDP: in the batch of a GSO
+    /// send (flushed when the next packet cannot join, and at the end of the completion
+    /// batch) where the socket takes them, else alone.
+    fn send_udp_data(&mut self, to: Destination, datagram: Datagram) {
+        let max_segment = self.udp_gso_segment[to.listener];
+        if max_segment == 0 {
+            self.send_udp(to.listener, to.peer, to.local, datagram.id, datagram.start, datagram.end);
+            return;
+        }
+        if let Err(datagram) = self.gso_batch.add(to, datagram, max_segment) {
+            self.flush_gso();
+            if let Err(d) = self.gso_batch.add(to, datagram, max_segment) {
+                self.send_udp(to.listener, to.peer, to.local, d.id, d.start, d.end);
+            }
+        }
+    }
+
+    /// Sends the gathered GSO batch: one `sendmsg` for several datagrams, or a plain
+    /// send for one.
+    fn flush_gso(&mut self) {
+        let mut datagrams = std::mem::take(&mut self.gso_datagrams);
+        if let Some(to) = self.gso_batch.take(&mut datagrams) {
+            if let [d] = datagrams[..] {
+                self.send_udp(to.listener, to.peer, to.local, d.id, d.start, d.end);
+            } else {
+                let count = datagrams.len() as u64;
+                let (slot, hdr) = self.gso_sends.prepare(to, &mut datagrams, &mut self.bufs);
+                let fd = self.io.udp[to.listener].as_raw_fd();
+                self.push(opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(user_data(
+                    OP_UDP_GSO_SEND,
+                    0,
+                    slot,
+                )));
+                let c = self.counters();
+                c.udp_gso_sends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                c.udp_gso_datagrams.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        datagrams.clear();
+        self.gso_datagrams = datagrams;
+    }
+
+    /// A GSO send completed. When the kernel refused it (EIO: no checksum offload on
+    /// the way out; EINVAL: a segment larger than the route's MTU), its datagrams go
+    /// again one by one, and the socket stops using GSO (EIO) or for that size (EINVAL).
+    fn on_gso_sent(&mut self, slot: u32, res: i32) {
+        let mut datagrams = std::mem::take(&mut self.gso_datagrams);
+        if let Some(to) = self.gso_sends.finish(slot, &mut datagrams) {
+            let segment = datagrams.first().map_or(0, Datagram::size);
+            let limit = &mut self.udp_gso_segment[to.listener];
+            match -res {
+                libc::EIO | libc::EOPNOTSUPP => {
+                    if *limit != 0 {
+                        warn!(worker = self.index, error = %io::Error::from_raw_os_error(-res),
+                            "UDP GSO refused on an OpenVPN socket; sending datagram by datagram");
+                    }
+                    *limit = 0;
+                }
+                libc::EINVAL => {
+                    debug!(worker = self.index, segment, "UDP GSO refused for this size; larger datagrams go alone");
+                    *limit = (*limit).min(segment.saturating_sub(1));
+                }
+                _ => {
+                    if res < 0 {
+                        debug!(worker = self.index, error = %io::Error::from_raw_os_error(-res), "GSO send failed");
+                    }
+                    for d in datagrams.drain(..) {
+                        self.bufs.release(d.id);
+                    }
+                }
+            }
+            for d in datagrams.drain(..) {
+                self.send_udp(to.listener, to.peer, to.local, d.id, d.start, d.end);
+            }
+        }
+        self.gso_datagrams = datagrams;
     }
 
     /// Seals a TUN packet for a TCP session this worker owns and queues it.
@@ -1195,7 +1378,7 @@ impl Worker {
     /// Bytes arrived on an SSTP connection (in its receive buffer): through TLS into
     /// the SSTP server; its IPv4 packets go straight to the TUN.
     fn on_sstp_recv(&mut self, now: Instant, conn: u32) {
-        let Worker { conns, bufs, ring, io, shared, plaintext, index, now_secs, .. } = self;
+        let Worker { conns, bufs, gro, ring, io, shared, plaintext, index, now_secs, .. } = self;
         let Some(c) = conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
         let Stream::Sstp(sstp) = &mut c.stream else { return };
         let counters = &shared.counters[*index];
@@ -1223,7 +1406,7 @@ impl Worker {
                     Ok(n) => {
                         let session = sstp.session.as_deref();
                         let mut to_tun = |packet: &[u8]| {
-                            sstp_packet_to_tun(ring, bufs, &io.tun, counters, session, *now_secs, packet)
+                            sstp_packet_to_tun(ring, bufs, gro, &io.tun, counters, session, *now_secs, packet)
                         };
                         server.handle_input_with(now, &plaintext[..n], Some(&mut to_tun));
                     }
@@ -1271,12 +1454,12 @@ impl Worker {
                     self.shared.to_control.send(ControlEvent::VerifySstp { handle, peer, request: Box::new(request) });
             }
             sstp::Event::TunnelPacket(packet) => {
-                let Worker { conns, bufs, ring, io, shared, index, now_secs, .. } = self;
+                let Worker { conns, bufs, gro, ring, io, shared, index, now_secs, .. } = self;
                 let session = match conns.get(conn as usize).and_then(Option::as_ref).map(|c| &c.stream) {
                     Some(Stream::Sstp(sstp)) => sstp.session.as_deref(),
                     _ => None,
                 };
-                sstp_packet_to_tun(ring, bufs, &io.tun, &shared.counters[*index], session, *now_secs, &packet);
+                sstp_packet_to_tun(ring, bufs, gro, &io.tun, &shared.counters[*index], session, *now_secs, &packet);
             }
             sstp::Event::EapFromPeer(packet) => {
                 let (Some(handle), Some(peer)) = (self.sstp_handle(conn), peer) else { return };
@@ -1471,10 +1654,13 @@ fn send_sstp_data(
     Ok(conn)
 }
 
-/// Writes an IPv4 packet from an SSTP client to the TUN, from a pool buffer.
+/// Writes an IPv4 packet from an SSTP client to the TUN, from a pool buffer (or through
+/// the coalescer, with offloads).
+#[allow(clippy::too_many_arguments)]
 fn sstp_packet_to_tun(
     ring: &mut IoUring,
     bufs: &mut BufferPool,
+    gro: &mut Option<Coalescer>,
     tun: &OwnedFd,
     counters: &WorkerCounters,
     session: Option<&SessionShared>,
@@ -1493,7 +1679,7 @@ fn sstp_packet_to_tun(
         counters.drop(DropReason::SpoofedSource);
         return;
     }
-    if packet.len() > BUF_SIZE {
+    if packet.len() > BUF_SIZE - HEADROOM {
         counters.drop(DropReason::Malformed);
         return;
     }
@@ -1501,14 +1687,44 @@ fn sstp_packet_to_tun(
         counters.drop(DropReason::Overload);
         return;
     };
-    let buf = bufs.get_mut(b);
-    buf[..packet.len()].copy_from_slice(packet);
+    // At HEADROOM like a packet opened in place, so that the virtio_net_hdr of a TUN
+    // with offloads fits in front.
+    let (start, end) = (HEADROOM, HEADROOM + packet.len());
+    bufs.get_mut(b)[start..end].copy_from_slice(packet);
     session.stats.received(packet.len(), now_secs);
-    let write = opcode::Write::new(types::Fd(tun.as_raw_fd()), buf.as_ptr(), packet.len() as u32)
+    if let Some(gro) = gro.as_mut() {
+        counters.wrote_to_tun(packet.len());
+        if gro.stage(b, start, end) {
+            flush_coalescer(ring, tun, bufs, gro, counters);
+        }
+        return;
+    }
+    let write = opcode::Write::new(types::Fd(tun.as_raw_fd()), bufs.get(b)[start..].as_ptr(), packet.len() as u32)
         .build()
         .user_data(user_data(OP_TUN_WRITE, 0, b));
     push_entry(ring, &write);
     counters.wrote_to_tun(packet.len());
+    counters.tun_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Coalesces the coalescer's staged packets and submits their writes to the TUN queue.
+fn flush_coalescer(
+    ring: &mut IoUring,
+    tun: &OwnedFd,
+    bufs: &mut BufferPool,
+    gro: &mut Coalescer,
+    counters: &WorkerCounters,
+) {
+    let fd = types::Fd(tun.as_raw_fd());
+    let flushed = gro.flush(bufs, |from, bytes| {
+        let done = match from {
+            WriteFrom::Pool(id) => user_data(OP_TUN_WRITE, 0, id),
+            WriteFrom::Coalesced(slot) => user_data(OP_TUN_WRITE_STAGED, 0, slot),
+        };
+        push_entry(ring, &opcode::Write::new(fd, bytes.as_ptr(), bytes.len() as u32).build().user_data(done));
+    });
+    counters.tun_writes.fetch_add(flushed.writes as u64, std::sync::atomic::Ordering::Relaxed);
+    counters.tun_coalesced_writes.fetch_add(flushed.coalesced as u64, std::sync::atomic::Ordering::Relaxed);
 }
 
 enum DataVerdict {
