@@ -4,8 +4,8 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use super::packet::{Opcode, SessionId};
-use super::reliable::{Reliable, Timing};
+use super::packet::{MAX_ACKS, Opcode, SessionId};
+use super::reliable::{ACKS_PER_CONTROL_PACKET, Reliable, Timing};
 use super::wrap::Wrap;
 
 /// TLS bytes carried by one P_CONTROL_V1 packet. OpenVPN's default `tls-mtu` is 1250
@@ -32,11 +32,14 @@ pub struct KeyChannel {
     pub started: Instant,
     /// Cleartext read from TLS, not yet consumed.
     pub cleartext: Vec<u8>,
+    /// ACKs per packet at most (a control packet carries at most
+    /// [`ACKS_PER_CONTROL_PACKET`] of them).
+    pub max_acks: usize,
 }
 
 impl KeyChannel {
     pub fn new(key_id: u8, tls: rustls::Connection, reliable: Reliable, started: Instant) -> Self {
-        KeyChannel { key_id, tls, reliable, started, cleartext: Vec::new() }
+        KeyChannel { key_id, tls, reliable, started, cleartext: Vec::new(), max_acks: MAX_ACKS }
     }
 
     pub fn new_with_timing(key_id: u8, tls: rustls::Connection, timing: Timing, started: Instant) -> Self {
@@ -106,9 +109,9 @@ impl KeyChannel {
     }
 
     /// The next packet to put on the wire: a reliable message due for (re)transmission
-    /// with any pending ACKs riding on it, or, with `bare_ack`, a P_ACK_V1 for ACKs
-    /// that found no message to ride on. Sessions ask every channel for the first
-    /// kind before any for the second.
+    /// with pending (and recently sent) ACKs riding on it, or, with `bare_ack`, a
+    /// P_ACK_V1 for ACKs that found no message to ride on. Sessions ask every channel
+    /// for the first kind before any for the second.
     pub fn poll_packet(
         &mut self,
         now: Instant,
@@ -122,11 +125,11 @@ impl KeyChannel {
             if !self.reliable.has_pending_acks() {
                 return None;
             }
-            let acks = self.reliable.take_acks();
+            let acks = self.reliable.take_acks(self.max_acks);
             return Some(wrap.seal(Opcode::AckV1, self.key_id, local, remote, acks, None, &[], scratch));
         }
         let t = self.reliable.poll_transmit(now)?;
-        let acks = self.reliable.take_acks();
+        let acks = self.reliable.take_acks(self.max_acks.min(ACKS_PER_CONTROL_PACKET));
         Some(wrap.seal(t.opcode, self.key_id, local, remote, acks, Some(t.message_id), &t.payload, scratch))
     }
 

@@ -13,10 +13,13 @@ use super::channel::KeyChannel;
 use super::data::DataKey;
 use super::key_method::{ClientKeyMethod2, KeyMethodError, ServerKeyMethod2};
 use super::keys::{EKM_LABEL, Key2, Role};
-use super::packet::{Opcode, SessionId};
+use super::packet::{MAX_ACKS, Opcode, SessionId};
 use super::reliable::Timing;
 use super::wrap::{UnwrapError, Wrap};
 use crate::crypto::AeadAlgorithm;
+
+/// ACKs per packet for servers that may be SoftEther (see [`ClientSession::max_acks`]).
+const SOFTETHER_MAX_ACKS: usize = 4;
 
 pub struct ClientSettings {
     pub tls: Arc<rustls::ClientConfig>,
@@ -281,6 +284,10 @@ impl ClientSession {
 
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
         let (local, remote) = (self.local_sid, self.remote_sid.unwrap_or_default());
+        let max_acks = self.max_acks();
+        for k in &mut self.keys {
+            k.chan.max_acks = max_acks;
+        }
         for bare_ack in [false, true] {
             for k in &mut self.keys {
                 if let Some(p) = k.chan.poll_packet(now, bare_ack, &mut self.wrap, local, remote, &mut self.scratch) {
@@ -289,6 +296,13 @@ impl ClientSession {
             }
         }
         None
+    }
+
+    /// Without tls-auth/tls-crypt and tls-ekm, OpenVPN clients put at most 4 ACKs in a
+    /// packet: SoftEther servers drop packets with more (ssl_pkt.c write_control_auth).
+    fn max_acks(&self) -> usize {
+        let ekm = self.pushed.as_ref().is_some_and(|p| p.ekm);
+        if matches!(self.wrap, Wrap::Plain) && !ekm { SOFTETHER_MAX_ACKS } else { MAX_ACKS }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

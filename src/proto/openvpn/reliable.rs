@@ -13,6 +13,12 @@ const SEND_WINDOW: usize = 6;
 const RECV_WINDOW: u32 = 12;
 /// A packet is resent at once when this many later packets have been acknowledged.
 const FAST_RETRANSMIT_ACKS: u8 = 3;
+/// ACKs carried by a packet that also carries a message (CONTROL_SEND_ACK_MAX); a
+/// P_ACK_V1 carries up to [`MAX_ACKS`].
+pub const ACKS_PER_CONTROL_PACKET: usize = 4;
+/// Acknowledgements waiting to be sent. Beyond this, received packets go unacknowledged
+/// (the peer resends them), so a peer replaying old ids cannot grow the list.
+const MAX_PENDING_ACKS: usize = 2 * RECV_WINDOW as usize;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -66,6 +72,11 @@ pub struct Reliable {
     reorder: VecDeque<Option<(Opcode, Vec<u8>)>>,
     /// Ids to acknowledge, oldest first, without duplicates.
     pending_acks: VecDeque<u32>,
+    /// ACKs already sent, most recent first, without duplicates, at most [`MAX_ACKS`].
+    /// They fill the spare ACK slots of later packets, as OpenVPN 2.6 does, so that
+    /// one lost packet does not lose an ACK for good: 2.6 servers create a session
+    /// only from a packet that acknowledges their stateless reset.
+    recent_acks: VecDeque<u32>,
 }
 
 impl Reliable {
@@ -88,6 +99,7 @@ impl Reliable {
             next_recv_id,
             reorder: VecDeque::new(),
             pending_acks: VecDeque::new(),
+            recent_acks: VecDeque::with_capacity(MAX_ACKS + ACKS_PER_CONTROL_PACKET),
         }
     }
 
@@ -145,7 +157,7 @@ impl Reliable {
     }
 
     fn ack(&mut self, id: u32) {
-        if !self.pending_acks.contains(&id) {
+        if self.pending_acks.len() < MAX_PENDING_ACKS && !self.pending_acks.contains(&id) {
             self.pending_acks.push_back(id);
         }
     }
@@ -176,20 +188,26 @@ impl Reliable {
         Some(Transmit { opcode: o.opcode, message_id: o.id, payload: o.payload.clone() })
     }
 
-    /// Up to [`MAX_ACKS`] pending acknowledgements, removed from the pending list.
-    pub fn take_acks(&mut self) -> AckList {
+    /// The ACKs for one packet, at most `max` (capped at [`MAX_ACKS`]): pending ones
+    /// first, oldest first, which then count as sent; the remaining slots repeat the
+    /// most recently sent ACKs.
+    pub fn take_acks(&mut self, max: usize) -> AckList {
+        let max = max.min(MAX_ACKS);
+        let fresh = self.pending_acks.len().min(max);
+        // Pushed to the front newest first, so they end up in their original order.
+        for id in self.pending_acks.drain(..fresh).rev() {
+            self.recent_acks.retain(|&r| r != id);
+            self.recent_acks.push_front(id);
+        }
+        self.recent_acks.truncate(MAX_ACKS);
         let mut list = AckList::default();
-        while list.as_slice().len() < MAX_ACKS {
-            match self.pending_acks.pop_front() {
-                Some(id) => {
-                    list.push(id);
-                }
-                None => break,
-            }
+        for &id in self.recent_acks.iter().take(max) {
+            list.push(id);
         }
         list
     }
 
+    /// Some received packet has not been acknowledged yet.
     pub fn has_pending_acks(&self) -> bool {
         !self.pending_acks.is_empty()
     }
@@ -273,7 +291,7 @@ mod tests {
         assert_eq!(r.deliver().unwrap().1, b"c");
         assert_eq!(r.receive(0, Opcode::ControlV1, b"a"), Received::Duplicate, "old ids are re-acked");
         assert_eq!(r.receive(3 + RECV_WINDOW, Opcode::ControlV1, b"z"), Received::OutOfWindow);
-        assert_eq!(r.take_acks().as_slice(), &[2, 0, 1]);
+        assert_eq!(r.take_acks(MAX_ACKS).as_slice(), &[2, 0, 1]);
         assert!(!r.has_pending_acks());
     }
 
@@ -283,8 +301,74 @@ mod tests {
         for id in 0..11 {
             r.receive(id, Opcode::ControlV1, b"");
         }
-        assert_eq!(r.take_acks().as_slice().len(), MAX_ACKS);
-        assert_eq!(r.take_acks().as_slice(), &[8, 9, 10]);
+        assert_eq!(r.take_acks(MAX_ACKS).as_slice(), &[0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(r.take_acks(MAX_ACKS).as_slice(), &[8, 9, 10, 0, 1, 2, 3, 4], "new ones first, then repeats");
+        assert!(!r.has_pending_acks());
+        assert_eq!(r.take_acks(ACKS_PER_CONTROL_PACKET).as_slice(), &[8, 9, 10, 0]);
+    }
+
+    #[test]
+    fn sent_acks_are_repeated_on_later_packets() {
+        let mut r = Reliable::new(Timing::default());
+        assert!(r.take_acks(MAX_ACKS).is_empty(), "nothing received, nothing to ack");
+        r.receive(0, Opcode::HardResetServerV2, b"");
+        assert_eq!(r.take_acks(ACKS_PER_CONTROL_PACKET).as_slice(), &[0]);
+        assert!(!r.has_pending_acks(), "a repeat is no reason for a P_ACK_V1");
+        // The packet with that ACK may be lost: the next ones repeat it.
+        assert_eq!(r.take_acks(ACKS_PER_CONTROL_PACKET).as_slice(), &[0]);
+        assert_eq!(r.take_acks(MAX_ACKS).as_slice(), &[0]);
+        r.deliver();
+        r.receive(1, Opcode::ControlV1, b"x");
+        assert_eq!(r.take_acks(ACKS_PER_CONTROL_PACKET).as_slice(), &[1, 0], "most recent first");
+    }
+
+    #[test]
+    fn fresh_acks_go_before_repeats() {
+        let mut r = Reliable::new(Timing::default());
+        for id in 0..6 {
+            r.receive(id, Opcode::ControlV1, b"");
+        }
+        assert_eq!(r.take_acks(ACKS_PER_CONTROL_PACKET).as_slice(), &[0, 1, 2, 3]);
+        assert!(r.has_pending_acks());
+        assert_eq!(r.take_acks(ACKS_PER_CONTROL_PACKET).as_slice(), &[4, 5, 0, 1]);
+        assert!(!r.has_pending_acks());
+    }
+
+    #[test]
+    fn an_id_appears_once_per_packet() {
+        let mut r = Reliable::new(Timing::default());
+        r.receive(0, Opcode::ControlV1, b"a");
+        r.receive(1, Opcode::ControlV1, b"b");
+        assert_eq!(r.take_acks(MAX_ACKS).as_slice(), &[0, 1]);
+        // The peer resends 0 (our ACK was lost): acknowledged again, moved to the front.
+        assert_eq!(r.receive(0, Opcode::ControlV1, b"a"), Received::Duplicate);
+        assert_eq!(r.take_acks(MAX_ACKS).as_slice(), &[0, 1]);
+        assert_eq!(r.receive(1, Opcode::ControlV1, b"b"), Received::Duplicate);
+        assert_eq!(r.take_acks(MAX_ACKS).as_slice(), &[1, 0]);
+    }
+
+    #[test]
+    fn repeated_acks_are_bounded() {
+        let mut r = Reliable::new(Timing::default());
+        for id in 0..20u32 {
+            r.receive(id, Opcode::ControlV1, b"");
+            r.deliver();
+            let acks = r.take_acks(MAX_ACKS);
+            let expect: Vec<u32> = (id.saturating_sub(7)..=id).rev().collect();
+            assert_eq!(acks.as_slice(), expect, "the {} most recent, newest first", MAX_ACKS);
+        }
+        assert_eq!(r.recent_acks.len(), MAX_ACKS);
+        assert_eq!(r.take_acks(ACKS_PER_CONTROL_PACKET).as_slice(), &[19, 18, 17, 16]);
+        assert_eq!(r.take_acks(100).as_slice().len(), MAX_ACKS, "never more than an ACK record holds");
+    }
+
+    #[test]
+    fn replayed_old_ids_cannot_grow_the_pending_acks() {
+        let mut r = Reliable::after_resets(Timing::default());
+        for id in 0..10_000u32 {
+            r.receive(id.wrapping_sub(5_000), Opcode::ControlV1, b"");
+        }
+        assert_eq!(r.pending_acks.len(), MAX_PENDING_ACKS);
     }
 
     /// Two endpoints over a channel that drops, duplicates and reorders packets:
@@ -321,7 +405,7 @@ mod tests {
                     got.push(p);
                 }
             }
-            let acks = b.take_acks();
+            let acks = b.take_acks(ACKS_PER_CONTROL_PACKET);
             if next() % 100 >= 30 {
                 a.on_acks(acks.as_slice());
             }

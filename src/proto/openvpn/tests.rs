@@ -2,7 +2,9 @@
 //! over a simulated network that can drop, duplicate and reorder packets, on
 //! virtual time.
 
+use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,7 @@ use super::reliable::Timing;
 use super::session::{AuthDecision, AuthGrant, CloseReason, Event, ServerSession, ServerSettings, SessionError};
 use super::static_key::StaticKey;
 use super::tls_crypt::TlsCrypt;
-use super::wrap::Wrap;
+use super::wrap::{Wrap, open_stateless};
 use crate::crypto::AeadAlgorithm;
 use crate::test_rng::XorShift;
 
@@ -172,7 +174,12 @@ struct Run {
     to_server: Vec<Vec<u8>>,
     to_client: Vec<Vec<u8>>,
     client_events: Vec<ClientEvent>,
+    /// Decides to lose a packet from the client on top of the network's own losses.
+    lose_from_client: LossFilter,
 }
+
+/// Says whether to lose one packet.
+type LossFilter = Box<dyn FnMut(&[u8]) -> bool>;
 
 const PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 40000);
 const UNIX: u64 = 1_800_000_000;
@@ -202,6 +209,7 @@ impl Run {
             to_server: Vec::new(),
             to_client: Vec::new(),
             client_events: Vec::new(),
+            lose_from_client: Box::new(|_| false),
         }
     }
 
@@ -215,7 +223,9 @@ impl Run {
         let step = Duration::from_millis(20);
         while self.now.duration_since(start) < limit {
             while let Some(p) = self.client.poll_transmit(self.now) {
-                self.net.carry(p, &mut self.to_server);
+                if !(self.lose_from_client)(&p) {
+                    self.net.carry(p, &mut self.to_server);
+                }
             }
             for p in std::mem::take(&mut self.to_server) {
                 self.server_receive(&p, start);
@@ -329,9 +339,21 @@ fn handshake_tls12_without_tls_crypt_and_legacy_prf() {
     let ca = TestCa::new("ca");
     let mut s = setup(&ca, &ca, "IV_VER=2.4.0\nIV_NCP=2\nIV_PROTO=2\n", false);
     s.tls_crypt = false;
-    let run = handshake(s, Net::new(2, 0, 0));
+    let mut run = Run::new(s, Net::new(2, 0, 0));
+    let most_acks = Rc::new(Cell::new(0));
+    let most_acks_seen = most_acks.clone();
+    run.lose_from_client = Box::new(move |p| {
+        let mut scratch = Vec::new();
+        let (_, body) = open_stateless(None, p, &mut scratch).expect("the client's packets parse");
+        most_acks_seen.set(most_acks_seen.get().max(body.acks.as_slice().len()));
+        false
+    });
+    assert!(run.run_until(Duration::from_secs(60), |r| r.connected().is_some() && r.server.active.is_some()));
     check_connected(&run, AeadAlgorithm::Aes256Gcm);
     assert!(!run.connected().unwrap().0.ekm, "no tls-ekm for a client that did not offer it");
+    // The client's last ACKs (of the PUSH_REPLY) would hold more than 4 ids.
+    run.run_until(Duration::from_secs(1), |_| false);
+    assert_eq!(most_acks.get(), 4, "without tls-crypt and tls-ekm the client sends at most 4 ACKs a packet");
 }
 
 #[test]
@@ -496,4 +518,34 @@ fn a_renegotiation_refused_by_the_auth_decision_ends_the_session() {
         "{:?}",
         run.client_events
     );
+}
+
+/// The packet carrying the client's first ACK of the server's reset is lost. The
+/// acceptor, like OpenVPN 2.6's, creates a session only from a packet whose ACK
+/// record echoes the cookie of its stateless reset, so without repeated ACKs every
+/// retransmission would be dropped and the handshake would stall for good.
+#[test]
+fn a_lost_ack_of_the_server_reset_is_repeated() {
+    let ca = TestCa::new("ca");
+    for tls_crypt in [true, false] {
+        let mut s = setup(&ca, &ca, PEER_INFO_26, true);
+        s.tls_crypt = tls_crypt;
+        let server_key = tls_crypt.then(|| TlsCrypt::new(&s.static_key, Role::Server));
+        let mut run = Run::new(s, Net::new(13, 0, 0));
+        let lost = Rc::new(Cell::new(0));
+        let lost_in_filter = lost.clone();
+        run.lose_from_client = Box::new(move |p| {
+            let mut scratch = Vec::new();
+            let (_, body) = open_stateless(server_key.as_ref(), p, &mut scratch).expect("the client's packets open");
+            let first_ack_of_reset = lost_in_filter.get() == 0 && body.acks.contains(0);
+            if first_ack_of_reset {
+                lost_in_filter.set(1);
+            }
+            first_ack_of_reset
+        });
+        let ok = run.run_until(Duration::from_secs(5), |r| r.connected().is_some() && r.server.active.is_some());
+        assert_eq!(lost.get(), 1, "tls-crypt {tls_crypt}: the ACK was lost once");
+        assert!(ok, "tls-crypt {tls_crypt}: no connection within 5 s: client events = {:?}", run.client_events);
+        check_connected(&run, AeadAlgorithm::ChaCha20Poly1305);
+    }
 }
