@@ -537,6 +537,26 @@ pub fn loadgen_input(data: &[u8]) {
     }
 }
 
+/// The data plane's split of a UDP GRO receive into datagrams: the first two bytes give
+/// an arbitrary segment size (0: a receive without the UDP_GRO message), the rest is the
+/// receive; every byte must land in exactly one pool buffer, in order, or be counted.
+pub fn udp_gro_split(data: &[u8]) {
+    use crate::dataplane::{buffers::BufferPool, gro};
+    let Some((size, received)) = data.split_first_chunk::<2>() else { return };
+    let segment = Some(usize::from(u16::from_be_bytes(*size))).filter(|&s| s > 0);
+    let mut bufs = BufferPool::new(8);
+    let mut out = Vec::new();
+    let split = gro::split_into(received, segment, &mut bufs, &mut out);
+    let cut: Vec<std::ops::Range<usize>> = gro::datagrams(received.len(), segment).collect();
+    assert_eq!(split.datagrams + split.too_long + split.no_buffer, cut.len());
+    assert_eq!(cut.iter().map(|r| r.len()).sum::<usize>(), received.len());
+    let mut copied = out.iter();
+    for range in cut.into_iter().filter(|r| r.len() <= crate::dataplane::buffers::BUF_SIZE) {
+        let Some(&(b, len)) = copied.next() else { break };
+        assert_eq!(&bufs.get(b)[..len], &received[range]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -825,5 +845,14 @@ mod tests {
         write_probe_packet(&mut echo, src, dst, &probe, 200);
         let profile = b"client\nremote 192.0.2.1 1194 udp\n<ca>\n-----BEGIN CERTIFICATE-----\n</ca>\n";
         mutations(&[&echo, profile], 3000, loadgen_input);
+    }
+
+    #[test]
+    fn udp_gro_split_survives_mutated_receives() {
+        // A receive of three 1000-byte datagrams and a 400-byte one, with its segment size.
+        let mut receive = 1000u16.to_be_bytes().to_vec();
+        receive.extend((0..3400).map(|i| (i / 1000) as u8));
+        let lone = [&[0u8, 0][..], &[0x48; 120][..]].concat();
+        mutations(&[&receive, &lone, &[0, 1, 7, 7, 7]], 2000, udp_gro_split);
     }
 }

@@ -4,7 +4,7 @@
 //! operation is in flight.
 
 use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use super::sys;
 
@@ -139,27 +139,7 @@ impl BufferPool {
     /// The local address what RecvMsg put into `id` was sent to (from the packet-info
     /// control message, present on sockets bound to a wildcard address).
     pub fn received_on(&self, id: BufId) -> Option<IpAddr> {
-        let hdr = &self.meta[id as usize].hdr;
-        // SAFETY: the kernel filled msg_control/msg_controllen of this header; the CMSG
-        // macros walk only within them, and the data is read unaligned.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(hdr);
-            while !c.is_null() {
-                match ((*c).cmsg_level, (*c).cmsg_type) {
-                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
-                        let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                        return Some(IpAddr::V4(Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes())));
-                    }
-                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
-                        let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                        return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
-                    }
-                    _ => {}
-                }
-                c = libc::CMSG_NXTHDR(hdr, c);
-            }
-        }
-        None
+        sys::receive_control(&self.meta[id as usize].hdr).local
     }
 }
 

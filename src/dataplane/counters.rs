@@ -90,6 +90,10 @@ pub struct WorkerCounters {
     /// datagrams they carried.
     pub udp_gso_sends: AtomicU64,
     pub udp_gso_datagrams: AtomicU64,
+    /// UDP GRO receives (one receive bringing several datagrams of a client, coalesced by
+    /// the kernel), and the datagrams they carried.
+    pub udp_gro_receives: AtomicU64,
+    pub udp_gro_datagrams: AtomicU64,
     /// Completions processed per ring wait, summed (with `batches`, the mean batch).
     pub completions: AtomicU64,
     pub batches: AtomicU64,

@@ -5,6 +5,7 @@
 
 pub mod buffers;
 pub mod counters;
+pub mod gro;
 pub mod gso;
 pub mod offload;
 pub mod sstp;
@@ -241,7 +242,8 @@ pub struct WorkerIo {
     pub tun: OwnedFd,
     /// The kernel offloads of the TUN queue; `None` when it reads and writes plain packets.
     pub tun_offload: Option<tun::TunOffload>,
-    /// Try UDP GSO on the OpenVPN sockets (the `offload` switch; each socket is probed).
+    /// Try UDP GSO and GRO on the OpenVPN and NAT-T sockets (the `offload` switch; each
+    /// socket is probed).
     pub udp_gso: bool,
     /// The worker's IKEv2 responder settings (its SPIs tagged with the worker's index),
     /// when IKEv2 is enabled.

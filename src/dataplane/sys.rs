@@ -135,6 +135,54 @@ pub fn udp_gso_supported(fd: RawFd) -> bool {
     set_int_opt(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok()
 }
 
+/// Asks for UDP GRO on receive (Linux 5.0+): one receive may then bring several
+/// datagrams of one flow, with a UDP_GRO control message giving their size. False when
+/// the kernel refuses (the socket then receives datagram by datagram).
+pub fn enable_udp_gro(fd: RawFd) -> bool {
+    set_int_opt(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
+}
+
+/// What the control messages of a receive say: the local address the datagram was sent
+/// to (packet info, on sockets bound to a wildcard address) and, for a UDP GRO receive,
+/// the size of each coalesced datagram (the last may be shorter).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiveControl {
+    pub local: Option<IpAddr>,
+    pub gro_segment: Option<usize>,
+}
+
+/// Reads the control messages the kernel put into `hdr` (its `msg_control` and
+/// `msg_controllen` as a receive left them).
+pub fn receive_control(hdr: &libc::msghdr) -> ReceiveControl {
+    let mut found = ReceiveControl::default();
+    // SAFETY: msg_control/msg_controllen describe a control buffer of the caller's that
+    // the kernel filled; the CMSG macros walk only within it (each header is checked to
+    // lie inside by CMSG_NXTHDR), and the data is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            let data_len = (*c).cmsg_len.saturating_sub(libc::CMSG_LEN(0) as usize);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) if data_len >= size_of::<libc::in_pktinfo>() => {
+                    let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    found.local = Some(IpAddr::V4(Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes())));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if data_len >= size_of::<libc::in6_pktinfo>() => {
+                    let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    found.local = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                }
+                (libc::SOL_UDP, libc::UDP_GRO) if data_len >= size_of::<libc::c_int>() => {
+                    let segment: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    found.gro_segment = usize::try_from(segment).ok().filter(|&s| s > 0);
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    found
+}
+
 /// Sends one datagram now, with a plain `sendmsg` (for control messages of any size,
 /// such as IKE, outside the ring's fixed buffers).
 pub fn send_datagram(fd: RawFd, data: &[u8], to: &SocketAddr, from: Option<IpAddr>) -> io::Result<()> {

@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 
 use super::buffers::{BUF_SIZE, BufId, BufferPool};
 use super::counters::{DropReason, WorkerCounters};
+use super::gro::{GRO_RECV_DEPTH, GroReceives};
 use super::gso::{Datagram, Destination, GsoBatch, GsoSends};
 use super::offload::{Coalescer, ReadBuffers, TUN_READ_SIZE, WriteFrom, split_tun_read};
 use super::sstp::{EapProgress, SstpConn, TLS_HANDSHAKE_RECORD};
@@ -66,6 +67,9 @@ const OP_TUN_READ_OFFLOAD: u64 = 9;
 const OP_TUN_WRITE_STAGED: u64 = 10;
 /// A UDP GSO send (its slot in the second index).
 const OP_UDP_GSO_SEND: u64 = 11;
+/// A receive on a UDP socket with GRO, into a GRO receive buffer (its slot in the
+/// second index).
+const OP_UDP_RECV_GRO: u64 = 12;
 
 fn user_data(op: u64, a: u32, b: u32) -> u64 {
     (op << 56) | (u64::from(a & 0x00ff_ffff) << 32) | u64::from(b)
@@ -126,14 +130,20 @@ pub(super) struct Worker {
     gro: Option<Coalescer>,
     /// The packets cut from one read (reused).
     split: Vec<(BufId, usize)>,
-    /// Per UDP socket, the largest datagram sent by UDP GSO; 0 where it is off (IKE
-    /// sockets, a kernel without it, or the offload switch off).
+    /// Per UDP socket, the largest datagram sent by UDP GSO; 0 where it is off (port 500
+    /// IKE sockets, a kernel without it, or the offload switch off).
     udp_gso_segment: Vec<usize>,
     /// Sealed datagrams for one client gathered for a GSO send, the sends in flight,
     /// and a spare list of datagrams (reused).
     gso_batch: GsoBatch,
     gso_sends: GsoSends,
     gso_datagrams: Vec<Datagram>,
+    /// Per UDP socket, whether it receives with UDP GRO (OpenVPN and NAT-T sockets, the
+    /// offload switch on, and a kernel that takes it); their receive buffers, and the
+    /// datagrams cut from one receive (reused).
+    udp_gro: Vec<bool>,
+    gro_receives: GroReceives,
+    gro_split: Vec<(BufId, usize)>,
 }
 
 impl Worker {
@@ -151,9 +161,16 @@ impl Worker {
         let gro = io.tun_offload.map(|o| Coalescer::new(o.udp));
         let udp_gso_segment = (0..io.udp.len())
             .map(|i| {
-                let gso =
-                    io.udp_gso && io.udp_roles[i] == UdpRole::OpenVpn && sys::udp_gso_supported(io.udp[i].as_raw_fd());
+                // OpenVPN data and ESP go by GSO; IKE messages leave alone (send_ike).
+                let sends_data = matches!(io.udp_roles[i], UdpRole::OpenVpn | UdpRole::NatT(_));
+                let gso = io.udp_gso && sends_data && sys::udp_gso_supported(io.udp[i].as_raw_fd());
                 if gso { BUF_SIZE } else { 0 }
+            })
+            .collect();
+        let udp_gro = (0..io.udp.len())
+            .map(|i| {
+                let receives_data = matches!(io.udp_roles[i], UdpRole::OpenVpn | UdpRole::NatT(_));
+                io.udp_gso && receives_data && sys::enable_udp_gro(io.udp[i].as_raw_fd())
             })
             .collect();
         Ok(Worker {
@@ -188,6 +205,9 @@ impl Worker {
             gso_batch: GsoBatch::default(),
             gso_sends: GsoSends::default(),
             gso_datagrams: Vec::with_capacity(super::gso::MAX_SEGMENTS),
+            udp_gro,
+            gro_receives: GroReceives::default(),
+            gro_split: Vec::new(),
             shared,
         })
     }
@@ -292,15 +312,20 @@ impl Worker {
 
     fn rearm(&mut self) {
         for listener in 0..self.io.udp.len() {
+            let fd = types::Fd(self.io.udp[listener].as_raw_fd());
+            if self.udp_gro[listener] {
+                while self.udp_armed[listener] < GRO_RECV_DEPTH {
+                    let (slot, hdr) = self.gro_receives.prepare();
+                    let done = user_data(OP_UDP_RECV_GRO, listener as u32, slot);
+                    push_entry(&mut self.ring, &opcode::RecvMsg::new(fd, hdr).build().user_data(done));
+                    self.udp_armed[listener] += 1;
+                }
+                continue;
+            }
             while self.udp_armed[listener] < UDP_RECV_DEPTH {
                 let Some(b) = self.bufs.alloc() else { return };
                 let hdr = self.bufs.prepare_recv(b, 0);
-                let fd = self.io.udp[listener].as_raw_fd();
-                self.push(opcode::RecvMsg::new(types::Fd(fd), hdr).build().user_data(user_data(
-                    OP_UDP_RECV,
-                    listener as u32,
-                    b,
-                )));
+                self.push(opcode::RecvMsg::new(fd, hdr).build().user_data(user_data(OP_UDP_RECV, listener as u32, b)));
                 self.udp_armed[listener] += 1;
             }
         }
@@ -356,15 +381,16 @@ impl Worker {
                     return;
                 }
                 match self.bufs.received_from(b) {
-                    Some(peer) if self.io.udp_roles[a as usize] != UdpRole::OpenVpn => {
-                        self.on_ike_socket(now, a as usize, peer, b, res as usize)
-                    }
                     Some(peer) => {
                         let local = self.bufs.received_on(b);
-                        self.on_udp(now, Link::Udp { listener: a as usize, peer, local }, b, res as usize)
+                        self.on_datagram(now, a as usize, peer, local, b, res as usize);
                     }
                     None => self.bufs.release(b),
                 }
+            }
+            OP_UDP_RECV_GRO => {
+                self.udp_armed[a as usize] -= 1;
+                self.on_gro_receive(now, a as usize, b, res);
             }
             OP_UDP_SEND | OP_TUN_WRITE => {
                 if res < 0 {
@@ -410,6 +436,56 @@ impl Worker {
             OP_WAKE => self.arm_wake(),
             _ => {}
         }
+    }
+
+    /// A datagram from `peer` on UDP socket `listener`, in `bufs[b][..len]`.
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+        b: BufId,
+        len: usize,
+    ) {
+        if self.io.udp_roles[listener] == UdpRole::OpenVpn {
+            self.on_udp(now, Link::Udp { listener, peer, local }, b, len);
+        } else {
+            self.on_ike_socket(now, listener, peer, local, b, len);
+        }
+    }
+
+    /// A receive on a socket with UDP GRO (`res` bytes in GRO receive buffer `slot`):
+    /// its datagrams, copied apart into pool buffers, go the way of plain receives.
+    fn on_gro_receive(&mut self, now: Instant, listener: usize, slot: u32, res: i32) {
+        let mut split = std::mem::take(&mut self.gro_split);
+        let mut from = None;
+        if res > 0
+            && let Some(received) = self.gro_receives.received(slot, res as usize)
+            && let Some(peer) = received.peer
+        {
+            let cut = super::gro::split_into(received.data, received.segment, &mut self.bufs, &mut split);
+            from = Some((peer, received.local));
+            let c = &self.shared.counters[self.index];
+            if received.segment.is_some() {
+                c.udp_gro_receives.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                c.udp_gro_datagrams.fetch_add(cut.datagrams as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            for _ in 0..cut.too_long {
+                c.drop(DropReason::Malformed);
+            }
+            for _ in 0..cut.no_buffer {
+                c.drop(DropReason::Overload);
+            }
+        }
+        self.gro_receives.release(slot);
+        if let Some((peer, local)) = from {
+            for &(b, len) in &split {
+                self.on_datagram(now, listener, peer, local, b, len);
+            }
+        }
+        split.clear();
+        self.gro_split = split;
     }
 
     fn on_udp(&mut self, now: Instant, link: Link, b: BufId, len: usize) {
@@ -653,7 +729,7 @@ impl Worker {
         self.push(opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(user_data(OP_UDP_SEND, 0, b)));
     }
 
-    /// Sends a sealed data packet to an OpenVPN client over UDP: in the batch of a GSO
+    /// Sends a sealed data packet (OpenVPN or ESP in UDP) to a client: in the batch of a GSO
     /// send (flushed when the next packet cannot join, and at the end of the completion
     /// batch) where the socket takes them, else alone.
     fn send_udp_data(&mut self, to: Destination, datagram: Datagram) {
@@ -707,7 +783,7 @@ impl Worker {
                 libc::EIO | libc::EOPNOTSUPP => {
                     if *limit != 0 {
                         warn!(worker = self.index, error = %io::Error::from_raw_os_error(-res),
-                            "UDP GSO refused on an OpenVPN socket; sending datagram by datagram");
+                            "UDP GSO refused on a socket; sending datagram by datagram");
                     }
                     *limit = 0;
                 }

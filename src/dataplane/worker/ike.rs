@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::super::buffers::BufId;
 use super::super::counters::DropReason;
+use super::super::gso::{Datagram, Destination};
 use super::super::table::{EspInbound, EspOutbound, SessionShared, Transport};
 use super::super::{ControlEvent, LocalHandle, SessionKind, UdpRole, sys};
 use super::Worker;
@@ -83,8 +84,16 @@ fn close_reason(reason: IkeCloseReason, ours: Option<String>) -> CloseReason {
 
 impl Worker {
     /// A datagram on an IKE (500) or NAT-T (4500) socket, in `bufs[b][..len]`.
-    pub(super) fn on_ike_socket(&mut self, now: Instant, listener: usize, peer: SocketAddr, b: BufId, len: usize) {
-        let (role, pktinfo) = (self.io.udp_roles[listener], self.bufs.received_on(b));
+    pub(super) fn on_ike_socket(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        peer: SocketAddr,
+        pktinfo: Option<IpAddr>,
+        b: BufId,
+        len: usize,
+    ) {
+        let role = self.io.udp_roles[listener];
         let local_of = |bound: SocketAddr| SocketAddr::new(pktinfo.unwrap_or(bound.ip()), bound.port());
         match role {
             UdpRole::Ike(bound) => {
@@ -379,7 +388,9 @@ impl Worker {
         session.stats.sent(sealed.len, self.now_secs);
         let (listener, peer, local) = (out.listener, out.peer, out.local);
         drop(esp);
-        self.send_udp(listener, peer, local, b, start, start + sealed.len);
+        // Like OpenVPN data: into the GSO batch for this client (IKE stays out of it).
+        let to = Destination { listener, peer, local };
+        self.send_udp_data(to, Datagram { id: b, start, end: start + sealed.len });
         Ok(())
     }
 
