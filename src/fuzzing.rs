@@ -564,7 +564,7 @@ mod tests {
     /// A deterministic stand-in for a fuzzer: flips, truncates and extends real
     /// packets many times.
     fn mutations(seeds: &[&[u8]], rounds: usize, mut f: impl FnMut(&[u8])) {
-        let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = crate::testing::XorShift(0x9e37_79b9_7f4a_7c15);
         let mut next = move || rng.next();
         for seed in seeds {
             f(seed);

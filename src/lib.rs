@@ -23,5 +23,5 @@ pub mod profile;
 pub mod proto;
 pub mod serve;
 #[cfg(test)]
-mod test_rng;
+mod testing;
 pub mod tune;

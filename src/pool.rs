@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(pool.allocate(None), None);
     }
 
-    use crate::test_rng::XorShift;
+    use crate::testing::XorShift;
 
     /// Random allocations and releases against a model (a HashSet of held addresses, with a
     /// sorted set of free ones to name the lowest); the pool must agree at every step: the

@@ -239,11 +239,7 @@ fn curve_algorithm(group: DhGroup) -> &'static agreement::Algorithm {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-    }
+    use crate::testing::hex;
 
     /// RFC 5903 §8.1 (ECP-256): i, g^i, g^r and the shared x coordinate.
     #[test]

@@ -318,11 +318,7 @@ mod tests {
 
     use super::*;
     use crate::proto::openvpn::keys::{Key2, Role};
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-    }
+    use crate::testing::hex;
 
     /// key2 = 00 01 02 .. ff: the client sends with cipher key 00.. and implicit IV
     /// 40..47; the server with cipher key 80.. and implicit IV c0..c7.
@@ -495,7 +491,7 @@ mod tests {
         assert_eq!(DataHeader::parse(&[0x20; 40]), Err(DataError::NotData { opcode: 4 }));
 
         // Pseudo-random garbage of every length, with data opcodes forced in front.
-        let mut rng = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut rng = crate::testing::XorShift(0x2545_f491_4f6c_dd1d);
         for len in 0..200 {
             let mut packet: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             if let Some(first) = packet.first_mut() {

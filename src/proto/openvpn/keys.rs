@@ -139,11 +139,7 @@ fn concat_into(out: &mut [u8], parts: &[&[u8]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-    }
+    use crate::testing::hex;
 
     fn pattern<const N: usize>(start: u8) -> [u8; N] {
         std::array::from_fn(|i| start.wrapping_add(i as u8))

@@ -375,7 +375,7 @@ mod tests {
     /// everything arrives once, in order.
     #[test]
     fn survives_loss_duplication_and_reordering() {
-        let mut rng = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut rng = crate::testing::XorShift(0x2545_f491_4f6c_dd1d);
         let mut next = move || rng.next();
         let timing = Timing { initial_timeout: Duration::from_millis(100), max_timeout: Duration::from_millis(400) };
         let mut a = Reliable::new(timing);

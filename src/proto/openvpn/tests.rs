@@ -26,7 +26,7 @@ use super::static_key::StaticKey;
 use super::tls_crypt::TlsCrypt;
 use super::wrap::{Wrap, open_stateless};
 use crate::crypto::AeadAlgorithm;
-use crate::test_rng::XorShift;
+use crate::testing::XorShift;
 
 struct TestCa {
     cert: CertificateDer<'static>,

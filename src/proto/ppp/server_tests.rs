@@ -4,12 +4,9 @@
 use super::*;
 use crate::crypto::mschapv2;
 use crate::proto::sstp::binding::server_hlak;
+use crate::testing::hex;
 
 const LCP: u16 = protocol::LCP;
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-}
 
 fn frames(server: &mut PppServer) -> Vec<Vec<u8>> {
     std::iter::from_fn(|| server.poll_frame()).collect()

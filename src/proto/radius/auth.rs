@@ -186,7 +186,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::proto::radius::packet::tests::hex;
+    use crate::testing::hex;
 
     /// The server side of [`decrypt_mppe_key`], for tests and the test server.
     pub(crate) fn encrypt_mppe_key(

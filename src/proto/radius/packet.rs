@@ -340,8 +340,9 @@ pub(crate) fn attribute_spans(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::testing::hex;
 
     fn sample() -> Packet {
         Packet {
@@ -479,7 +480,7 @@ pub(crate) mod tests {
 
     #[test]
     fn mutated_packets_never_panic() {
-        let mut rng = crate::test_rng::XorShift(0x5eed_1234);
+        let mut rng = crate::testing::XorShift(0x5eed_1234);
         let good = sample().encode().unwrap();
         for _ in 0..20_000 {
             let mut bytes = good.clone();
@@ -493,10 +494,5 @@ pub(crate) mod tests {
                 assert!(packet.encode().is_ok(), "a decoded packet re-encodes");
             }
         }
-    }
-
-    pub(crate) fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 }

@@ -742,7 +742,7 @@ fn configuration_is_checked() {
 
 #[test]
 fn mutated_replies_never_panic_or_pass() {
-    let mut rng = crate::test_rng::XorShift(0xfeed_5eed);
+    let mut rng = crate::testing::XorShift(0xfeed_5eed);
     let mut rig = Rig::new(1);
     let authenticator_challenge = [7; 16];
     let hash = mschapv2::nt_password_hash("clientPass");

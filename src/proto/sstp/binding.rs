@@ -179,11 +179,7 @@ pub fn verify_call_connected(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-    }
+    use crate::testing::hex;
 
     // MS-SSTP §4.7 "Crypto Binding" example: the CALL_CONNECT_ACK nonce, the
     // CALL_CONNECTED message, and the MPPE keys of that exchange (MasterSendKey

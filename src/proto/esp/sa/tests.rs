@@ -3,11 +3,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::crypto::replay::WINDOW_SIZE;
-
-fn hex(s: &str) -> Vec<u8> {
-    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-}
+use crate::testing::hex;
 
 /// A published ESP packet: the SA's KEYMAT slice (key || salt), header fields, the
 /// inner packet and its Next Header, and the whole packet on the wire.
@@ -452,7 +448,7 @@ fn refuses_truncated_and_garbage_packets_without_panicking() {
     }
     assert_eq!(key.decrypt_in_place(&mut [0; HEADROOM + ICV_LEN]), Err(OpenError::Authentication));
 
-    let mut rng = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1d);
+    let mut rng = crate::testing::XorShift(0x2545_f491_4f6c_dd1d);
     for len in 0..200 {
         let mut garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         if len >= 8 {
