@@ -37,6 +37,8 @@ const REVOKED_LIST_FILE: &str = "revoked.txt";
 const CRL_FILE: &str = "crl.pem";
 const CLIENTS_DIR: &str = "clients";
 const INDEX_FILE: &str = "index.toml";
+/// Held while a change is made (see [`lock_changes`]).
+const LOCK_FILE: &str = ".lock";
 
 /// Validity of the root CA; the server certificate expires with it.
 const CA_VALIDITY: Duration = Duration::days(3650);
@@ -293,6 +295,8 @@ impl Pki {
         if days == 0 {
             bail!("a client certificate must be valid for at least one day");
         }
+        let _lock = lock_changes(&self.dir)?;
+        self.index = read_index(&self.index_path())?;
         if let Some(active) = self.index.active(name) {
             bail!(
                 "a certificate for {name:?} already exists (thumbprint {}); revoke it before issuing a new one",
@@ -343,6 +347,8 @@ impl Pki {
     /// Revokes a certificate: lists its thumbprint in `revoked.txt` and, when this PKI
     /// issued it, adds its serial to `crl.pem`. Revoking twice changes nothing.
     pub fn revoke(&mut self, target: RevokeTarget) -> Result<RevokedClient> {
+        let _lock = lock_changes(&self.dir)?;
+        self.index = read_index(&self.index_path())?;
         let (thumbprint, position) = match target {
             RevokeTarget::Name(name) => {
                 let position = self.index.newest_for_name(&name).ok_or_else(|| {
@@ -603,6 +609,21 @@ fn append_revoked_line(path: &Path, thumbprint: Thumbprint, label: &str, now: Of
     }
     let _ = writeln!(text, "{thumbprint}  # {label}, revoked {}", format_time(now));
     write_atomically(path, text.as_bytes(), PUBLIC_FILE_MODE)
+}
+
+/// Serializes changes to a PKI's files between processes (`p2sgw pki` commands, the
+/// gateway's admin API): each change re-reads the index under the lock, so two at once
+/// cannot lose each other's certificates. Released when the returned file is dropped.
+fn lock_changes(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the PKI lock {}", path.display()))?;
+    file.lock().with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 fn read_index(path: &Path) -> Result<ClientIndex> {

@@ -120,6 +120,32 @@ fn open_refuses_a_directory_without_a_pki() {
 }
 
 #[test]
+fn concurrent_issues_keep_every_certificate() {
+    let tmp = TempDir::new("pki-concurrent");
+    let dir = tmp.path();
+    Pki::init(dir, GATEWAY, KeyAlgorithm::EcdsaP256).unwrap();
+    // Each thread opens the PKI first, as separate `p2sgw pki issue` processes would.
+    let barrier = std::sync::Barrier::new(8);
+    std::thread::scope(|scope| {
+        for k in 0..8 {
+            let barrier = &barrier;
+            scope.spawn(move || {
+                let mut pki = Pki::open(dir).unwrap();
+                barrier.wait();
+                pki.issue(&format!("user{k}"), 30).unwrap();
+            });
+        }
+    });
+    let pki = Pki::open(dir).unwrap();
+    let mut names: Vec<&str> = pki.clients().iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, (0..8).map(|k| format!("user{k}")).collect::<Vec<_>>());
+    for k in 0..8 {
+        pki.client_credentials(&format!("user{k}")).unwrap();
+    }
+}
+
+#[test]
 fn issue_revoke_round_trip() {
     let tmp = TempDir::new("pki-issue");
     let dir = tmp.path();
