@@ -4,6 +4,9 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+// RFC 1071 sums (an odd last byte padded with zero), as the TUN offload code uses them.
+use tun_rs::{checksum, checksum_no_fold};
+
 const IPV4_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
 const PROTO_UDP: u8 = 17;
@@ -69,7 +72,7 @@ pub fn write_probe_packet(out: &mut [u8], src: SocketAddrV4, dst: SocketAddrV4, 
     ip[10..12].fill(0);
     ip[12..16].copy_from_slice(&src.ip().octets());
     ip[16..20].copy_from_slice(&dst.ip().octets());
-    let ip_checksum = !fold(sum_words(0, ip));
+    let ip_checksum = !checksum(ip, 0);
     ip[10..12].copy_from_slice(&ip_checksum.to_be_bytes());
 
     udp[0..2].copy_from_slice(&src.port().to_be_bytes());
@@ -78,7 +81,7 @@ pub fn write_probe_packet(out: &mut [u8], src: SocketAddrV4, dst: SocketAddrV4, 
     udp[6..8].fill(0);
     probe.encode(&mut udp[UDP_HEADER_LEN..UDP_HEADER_LEN + PROBE_LEN]);
     udp[UDP_HEADER_LEN + PROBE_LEN..].fill(0);
-    let udp_checksum = match !fold(sum_words(pseudo_header_sum(*src.ip(), *dst.ip(), udp_len), udp)) {
+    let udp_checksum = match !checksum(udp, pseudo_header_sum(*src.ip(), *dst.ip(), udp_len)) {
         // 0 means "no checksum" in UDP over IPv4; its ones-complement twin is sent instead.
         0 => 0xFFFF,
         c => c,
@@ -119,7 +122,7 @@ pub fn parse_udp_packet(packet: &[u8]) -> Result<UdpDatagram<'_>, PacketError> {
     if usize::from(u16::from_be_bytes([ip[2], ip[3]])) != packet.len() {
         return Err(PacketError::BadLength);
     }
-    if fold(sum_words(0, ip)) != 0xFFFF {
+    if checksum(ip, 0) != 0xFFFF {
         return Err(PacketError::BadIpChecksum);
     }
     // More-fragments set or a non-zero offset.
@@ -135,7 +138,7 @@ pub fn parse_udp_packet(packet: &[u8]) -> Result<UdpDatagram<'_>, PacketError> {
         return Err(PacketError::BadLength);
     }
     let has_checksum = udp[6..8] != [0, 0];
-    if has_checksum && fold(sum_words(pseudo_header_sum(src_ip, dst_ip, udp.len()), udp)) != 0xFFFF {
+    if has_checksum && checksum(udp, pseudo_header_sum(src_ip, dst_ip, udp.len())) != 0xFFFF {
         return Err(PacketError::BadUdpChecksum);
     }
     Ok(UdpDatagram {
@@ -146,30 +149,8 @@ pub fn parse_udp_packet(packet: &[u8]) -> Result<UdpDatagram<'_>, PacketError> {
 }
 
 /// RFC 768 pseudo header: source, destination, zero, protocol, UDP length.
-fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, udp_len: usize) -> u32 {
-    let sum = sum_words(0, &src.octets());
-    let sum = sum_words(sum, &dst.octets());
-    sum + u32::from(PROTO_UDP) + udp_len as u32
-}
-
-/// RFC 1071 sum of big-endian 16-bit words (an odd last byte is padded with zero).
-fn sum_words(mut sum: u32, bytes: &[u8]) -> u32 {
-    let mut words = bytes.chunks_exact(2);
-    for w in &mut words {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = words.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    // Fold now and then so long packets cannot overflow.
-    (sum & 0xFFFF) + (sum >> 16)
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    sum as u16
+fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, udp_len: usize) -> u64 {
+    checksum_no_fold(&dst.octets(), checksum_no_fold(&src.octets(), 0)) + u64::from(PROTO_UDP) + udp_len as u64
 }
 
 #[cfg(test)]
@@ -182,16 +163,16 @@ mod tests {
         // The IPv4 header of the worked example in Wikipedia's "Internet checksum" article
         // (also used in many RFC 1071 walkthroughs): its checksum is b861.
         let header = hex("4500 0073 0000 4000 4011 0000 c0a8 0001 c0a8 00c7");
-        assert_eq!(!fold(sum_words(0, &header)), 0xb861);
+        assert_eq!(!checksum(&header, 0), 0xb861);
         let mut with_sum = header.clone();
         with_sum[10..12].copy_from_slice(&[0xb8, 0x61]);
-        assert_eq!(fold(sum_words(0, &with_sum)), 0xFFFF);
+        assert_eq!(checksum(&with_sum, 0), 0xFFFF);
     }
 
     #[test]
     fn odd_length_sums_pad_the_last_byte() {
-        assert_eq!(sum_words(0, &[0x01]), 0x0100);
-        assert_eq!(fold(sum_words(0, &[0xFF, 0xFF, 0x00, 0x02])), 0x0002);
+        assert_eq!(checksum(&[0x01], 0), 0x0100);
+        assert_eq!(checksum(&[0xFF, 0xFF, 0x00, 0x02], 0), 0x0002);
     }
 
     fn sample(len: usize) -> (Vec<u8>, Probe) {
