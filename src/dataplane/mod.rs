@@ -9,6 +9,7 @@ pub mod gro;
 pub mod gso;
 pub mod offload;
 pub mod sstp;
+pub mod steering;
 pub mod sys;
 pub mod table;
 pub mod tcp;
