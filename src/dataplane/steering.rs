@@ -14,6 +14,11 @@
 //! the destination alone still spreads those packets), and anything else (not IPv4, too
 //! short) the flow hash.
 //!
+//! Without the program the kernel's own choice (`tun_automq_select_queue`) takes the queue
+//! that last wrote a packet of the flow (the owner, for flows the client sends on), else
+//! one by hash: flows only the VNet sends on (UDP streams to clients), flows the client
+//! has not written for 3 s, and flows beyond the 4,096 it remembers land on any worker.
+//!
 //! Queue index == worker index: the kernel numbers a TUN queue by the order it was
 //! attached (`tun_attach` gives it `numqueues`), `tun::create` makes queue 0 with the
 //! device and queues 1.. with tun-rs's `try_clone` (each opens /dev/net/tun and attaches),
