@@ -2,6 +2,7 @@
 //! control plane until SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use crate::config::Config;
 use crate::control::ike::{self, SharedTrust};
 use crate::control::{ControlPlane, tls};
 use crate::dataplane::counters::WorkerCounters;
+use crate::dataplane::steering::TunSteering;
 use crate::dataplane::table::SessionTable;
 use crate::dataplane::{Dataplane, Inbox, Settings, Shared, UdpRole, WorkerIo, sys, tun};
 use crate::pki::{KeyAlgorithm, Pki, ServerIdentity, TrustStore};
@@ -125,14 +127,31 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
     }
     let (to_control, events) = tokio::sync::mpsc::unbounded_channel();
     let inboxes = (0..workers).map(|_| Inbox::new().map(Arc::new)).collect::<std::io::Result<Vec<_>>>()?;
+    // Twice the pool: a reconnecting client holds a second peer-id while its old session
+    // is torn down.
+    let mut table = SessionTable::new(
+        2 * config.group_pools().iter().map(|(_, net)| AddressPool::client_capacity(*net) as usize).sum::<usize>()
+            + 2 * pool.capacity() as usize
+            + 16,
+    );
+    if config.dataplane.steering && workers > 1 {
+        // TUN queue i went to worker i above (see `steering` on why the indices agree).
+        let attached = TunSteering::load(table.capacity()).and_then(|s| s.attach(tun_device.as_fd()).map(|()| s));
+        match attached {
+            Ok(steering) => {
+                info!("TUN steering on: each packet goes to the queue of the worker owning its session");
+                table.steer_with(steering);
+            }
+            Err(e) => warn!(
+                error = %e,
+                "cannot steer TUN packets to the worker owning their session (needs CAP_BPF): the kernel picks \
+                 queues by flow, and a worker reading another's packet seals it with the session's shared keys \
+                 (UDP, IKEv2) or hands it over (TCP, SSTP)"
+            ),
+        }
+    }
     let shared = Arc::new(Shared {
-        // Twice the pool: a reconnecting client holds a second peer-id while its old
-        // session is torn down.
-        table: SessionTable::new(
-            2 * config.group_pools().iter().map(|(_, net)| AddressPool::client_capacity(*net) as usize).sum::<usize>()
-                + 2 * pool.capacity() as usize
-                + 16,
-        ),
+        table,
         settings: ArcSwap::from_pointee(Settings {
             openvpn,
             ping_interval: Duration::from_secs(config.openvpn.keepalive_interval_secs.into()),

@@ -145,6 +145,11 @@ pub struct DataplaneConfig {
     /// decrypted packets coalesced into one write) and UDP GSO towards OpenVPN clients.
     /// Off: one system call per packet, as on kernels without them.
     pub offload: bool,
+    /// Steer each packet the kernel sends into the TUN device to the queue of the worker
+    /// owning its session (an eBPF program; needs CAP_BPF). Off, or without CAP_BPF: the
+    /// kernel picks the queue by flow, and the reading worker seals for UDP sessions or
+    /// hands the packet to the owner of a TCP one.
+    pub steering: bool,
 }
 
 impl Default for GatewayConfig {
@@ -443,7 +448,7 @@ impl Default for OpenVpnConfig {
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        DataplaneConfig { workers: 0, tun_name: "p2sgw0".to_string(), offload: true }
+        DataplaneConfig { workers: 0, tun_name: "p2sgw0".to_string(), offload: true, steering: true }
     }
 }
 

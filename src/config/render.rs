@@ -88,6 +88,11 @@ pub(super) fn effective_toml(config: &Config) -> String {
     out.key("workers", dataplane.workers, workers_note.as_deref());
     out.key("tun_name", string(&dataplane.tun_name), None);
     out.key("offload", dataplane.offload, (!dataplane.offload).then_some("one system call per packet"));
+    out.key(
+        "steering",
+        dataplane.steering,
+        (!dataplane.steering).then_some("the kernel picks TUN queues by flow; workers hand packets over"),
+    );
 
     let auth = &config.auth;
     out.section("auth");

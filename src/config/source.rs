@@ -37,7 +37,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
             "tun_mtu",
         ],
     ),
-    ("dataplane", &["workers", "tun_name", "offload"]),
+    ("dataplane", &["workers", "tun_name", "offload", "steering"]),
     ("auth", &["require"]),
     (
         "radius",

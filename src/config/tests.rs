@@ -412,6 +412,13 @@ fn offload_switch() {
 }
 
 #[test]
+fn steering_switch() {
+    assert!(Config::default().dataplane.steering);
+    assert!(!accepted(&["[dataplane]", "steering = false"]).dataplane.steering);
+    assert_refused(&["[dataplane]", "steering = 1"], 2, "dataplane.steering:");
+}
+
+#[test]
 fn tun_name_rules() {
     assert_refused(&["[dataplane]", "tun_name = \"\""], 2, "tun_name is empty");
     assert_refused(&["[dataplane]", "tun_name = \"p2sgw-0123456789\""], 2, "longer than 15 bytes");

@@ -450,6 +450,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check("listen.tcp", old.listen.tcp != new.listen.tcp);
     check("dataplane.workers", old.dataplane.workers != new.dataplane.workers);
     check("dataplane.tun_name", old.dataplane.tun_name != new.dataplane.tun_name);
+    check("dataplane.steering", old.dataplane.steering != new.dataplane.steering);
     check("openvpn.tls_crypt", old.openvpn.tls_crypt != new.openvpn.tls_crypt);
     check("openvpn.tun_mtu", old.openvpn.tun_mtu != new.openvpn.tun_mtu);
     check("pki.tls_crypt_key", old.tls_crypt_key_path() != new.tls_crypt_key_path());

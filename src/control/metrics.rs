@@ -114,6 +114,8 @@ pub fn render(plane: &ControlPlane) -> String {
     let batches = Family::<Labels, Counter>::default();
     let completions = Family::<Labels, Counter>::default();
     let handoffs = Family::<Labels, Counter>::default();
+    let handoff_wakes = Family::<Labels, Counter>::default();
+    let foreign = Family::<Labels, Counter>::default();
     for (index, w) in workers.iter().enumerate() {
         let worker = || ("worker", index.to_string());
         packets
@@ -125,6 +127,13 @@ pub fn render(plane: &ControlPlane) -> String {
         batches.get_or_create(&vec![worker()]).inc_by(w.batches.load(Ordering::Relaxed));
         completions.get_or_create(&vec![worker()]).inc_by(w.completions.load(Ordering::Relaxed));
         handoffs.get_or_create(&vec![worker()]).inc_by(w.handoffs.load(Ordering::Relaxed));
+        handoff_wakes.get_or_create(&vec![worker()]).inc_by(w.handoff_wakes.load(Ordering::Relaxed));
+        foreign
+            .get_or_create(&vec![worker(), ("outcome", "sealed_here".into())])
+            .inc_by(w.tun_foreign_sealed.load(Ordering::Relaxed));
+        foreign
+            .get_or_create(&vec![worker(), ("outcome", "handed_off".into())])
+            .inc_by(w.handoffs.load(Ordering::Relaxed));
     }
     registry.register("worker_packets", "Tunnel packets moved by each worker", packets);
     registry.register("worker_batches", "io_uring completion batches each worker processed", batches);
@@ -134,6 +143,25 @@ pub fn render(plane: &ControlPlane) -> String {
         completions,
     );
     registry.register("worker_handoffs", "Packets a worker handed to the worker owning their session", handoffs);
+    registry.register(
+        "worker_handoff_wakes",
+        "Mailbox wake-ups (eventfd writes) a worker's hand-offs cost, one per burst",
+        handoff_wakes,
+    );
+    // Without TUN steering the kernel picks a worker's queue by flow, not by session owner.
+    registry.register(
+        "worker_tun_foreign_packets",
+        "Packets a worker read from the TUN device for a session another worker owns: sealed here with the \
+         session's shared keys (UDP, IKEv2) or handed off to the owner (TCP, SSTP)",
+        foreign,
+    );
+    let steering = Gauge::<i64>::default();
+    steering.set(i64::from(plane.shared.table.steers()));
+    registry.register(
+        "tun_steering",
+        "1 when an eBPF program puts each TUN packet on the queue of the worker owning its session",
+        steering,
+    );
 
     // Kernel offloads at work: tun_writes well below worker_packets{direction="from_clients"}
     // (coalesced writes), tun_split_packets / tun_super_reads packets per TUN read, and

@@ -755,6 +755,7 @@ impl ControlPlane {
             to_tun = sum(|w| w.to_tun.load(Ordering::Relaxed)),
             from_tun = sum(|w| w.from_tun.load(Ordering::Relaxed)),
             handoffs = sum(|w| w.handoffs.load(Ordering::Relaxed)),
+            tun_foreign_sealed = sum(|w| w.tun_foreign_sealed.load(Ordering::Relaxed)),
             mean_batch = format!("{mean_batch:.1}"),
             drops = if drops.is_empty() { "none".to_string() } else { drops.join(" ") },
             "statistics"

@@ -77,8 +77,14 @@ pub struct WorkerCounters {
     /// Packets from the TUN sent to clients, and their bytes (inner IP packets).
     pub from_tun: AtomicU64,
     pub from_tun_bytes: AtomicU64,
-    /// TUN packets for a TCP session handed to the worker that owns it.
+    /// TUN packets for a TCP or SSTP session handed to the worker that owns it.
     pub handoffs: AtomicU64,
+    /// Mailbox wake-ups (eventfd writes) those hand-offs cost: one per burst that found
+    /// the owner's queue empty.
+    pub handoff_wakes: AtomicU64,
+    /// TUN packets for a UDP or IKEv2 session another worker owns, sealed here with the
+    /// session's shared keys. With TUN steering this and `handoffs` stay near 0.
+    pub tun_foreign_sealed: AtomicU64,
     /// TSO/USO super-packets read from the TUN queue, and the packets cut from them.
     pub tun_super_reads: AtomicU64,
     pub tun_split_packets: AtomicU64,

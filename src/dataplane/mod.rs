@@ -9,6 +9,7 @@ pub mod gro;
 pub mod gso;
 pub mod offload;
 pub mod sstp;
+pub mod steering;
 pub mod sys;
 pub mod table;
 pub mod tcp;
@@ -183,26 +184,45 @@ impl Inbox {
         sys::eventfd_signal(self.wake.as_raw_fd());
     }
 
-    /// Queues a packet for this worker; false when it is overloaded.
-    fn hand_off(&self, peer_id: u32, packet: &[u8]) -> bool {
-        let Some(mut h) = self.spare.pop() else { return false };
+    /// Queues a packet for this worker.
+    pub fn hand_off(&self, peer_id: u32, packet: &[u8]) -> HandOff {
+        let Some(mut h) = self.spare.pop() else { return HandOff::Full };
         h.peer_id = peer_id;
         h.len = packet.len() as u16;
         h.data[..packet.len()].copy_from_slice(packet);
         match self.packets.push(h) {
             Ok(()) => {
                 // One wake-up per burst: the worker drains the queue until it is empty.
-                if self.packets.len() == 1 {
+                let woke = self.packets.len() == 1;
+                if woke {
                     sys::eventfd_signal(self.wake.as_raw_fd());
                 }
-                true
+                HandOff::Queued { woke }
             }
             Err(h) => {
                 let _ = self.spare.push(h);
-                false
+                HandOff::Full
             }
         }
     }
+
+    /// The next packet handed to this worker; give the box back with [`Inbox::recycle`].
+    pub fn next_packet(&self) -> Option<Box<Handoff>> {
+        self.packets.pop()
+    }
+
+    pub fn recycle(&self, h: Box<Handoff>) {
+        let _ = self.spare.push(h);
+    }
+}
+
+/// What became of a packet handed to another worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOff {
+    /// Queued; `woke` when this packet started a burst and signalled the worker.
+    Queued { woke: bool },
+    /// The worker's queue is full (it is overloaded).
+    Full,
 }
 
 /// State shared by all workers and the control plane.

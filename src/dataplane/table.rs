@@ -8,6 +8,11 @@
 //! it from its own socket in the same SO_REUSEPORT group. TCP streams cannot be written
 //! by two threads, so those packets are handed to the owner.
 //!
+//! With TUN steering (see `steering`) the kernel puts a packet on the owner's queue in
+//! the first place; the table keeps the steering map in step with its sessions by address.
+//! The paths above remain for packets it cannot steer (no CAP_BPF, or read before
+//! their session's map entry was written).
+//!
 //! IKEv2 sessions send ESP like UDP ones (any worker seals with the session's outbound SA,
 //! whose sequence counter is atomic). Their inbound SAs are found by SPI, by whichever
 //! worker the client's ESP reaches.
@@ -18,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use super::steering::TunSteering;
 use crate::proto::esp::{InboundSa, OutboundSa};
 use crate::proto::openvpn::data::DataKey;
 
@@ -158,6 +164,8 @@ pub struct SessionTable {
     by_peer_id: Box<[ArcSwapOption<SessionShared>]>,
     by_address: papaya::HashMap<Ipv4Addr, Arc<SessionShared>>,
     by_inbound_spi: papaya::HashMap<u32, Arc<EspInbound>>,
+    /// The TUN steering map, told the owner of each address as sessions come and go.
+    steering: Option<TunSteering>,
 }
 
 impl SessionTable {
@@ -167,7 +175,18 @@ impl SessionTable {
             by_peer_id: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
             by_address: papaya::HashMap::new(),
             by_inbound_spi: papaya::HashMap::new(),
+            steering: None,
         }
+    }
+
+    /// Keeps `steering`'s map in step with the sessions by address from now on.
+    pub fn steer_with(&mut self, steering: TunSteering) {
+        self.steering = Some(steering);
+    }
+
+    /// Whether the TUN device steers packets to the worker owning their session.
+    pub fn steers(&self) -> bool {
+        self.steering.is_some()
     }
 
     pub fn capacity(&self) -> usize {
@@ -179,7 +198,9 @@ impl SessionTable {
         if let Some(slot) = self.by_peer_id.get(s.peer_id as usize) {
             slot.store(Some(s.clone()));
         }
-        self.by_address.pin().insert(s.address, s);
+        let address = s.address;
+        self.by_address.pin().insert(address, s);
+        self.resteer(address);
     }
 
     /// Removes `s`, but only the entries that still point at it: a reconnect may
@@ -193,6 +214,14 @@ impl SessionTable {
         }
         let map = self.by_address.pin();
         let _ = map.remove_if(&s.address, |_, v| Arc::ptr_eq(v, s));
+        self.resteer(s.address);
+    }
+
+    /// Tells the steering map who owns `address` now, after a change.
+    fn resteer(&self, address: Ipv4Addr) {
+        if let Some(steering) = &self.steering {
+            steering.follow(address, || self.by_address.pin().get(&address).map(|s| s.owner));
+        }
     }
 
     pub fn by_peer_id(&self, peer_id: u32) -> Option<Arc<SessionShared>> {
@@ -254,6 +283,31 @@ mod tests {
         assert!(t.by_peer_id(3).is_none());
         assert!(t.is_empty());
         assert!(t.by_peer_id(99).is_none(), "out-of-range peer-ids are simply unknown");
+    }
+
+    #[test]
+    fn the_steering_map_follows_inserts_replacements_and_removals() {
+        let Some(steering) = TunSteering::load_in_test(16) else { return };
+        let mut t = SessionTable::new(16);
+        t.steer_with(steering);
+        let address = Ipv4Addr::new(172, 16, 201, 2);
+        let on_worker = |owner: usize, peer_id: u32| {
+            let peer = "192.0.2.1:1".parse().unwrap();
+            Arc::new(SessionShared::new(peer_id, address, owner, Transport::Tcp { peer }, false))
+        };
+        let steered_to = |t: &SessionTable| t.steering.as_ref().unwrap().lookup(address);
+        let first = on_worker(1, 3);
+        t.insert(first.clone());
+        assert_eq!(steered_to(&t), Some(1));
+        // The client reconnects and lands on the other worker: its address moves.
+        let second = on_worker(0, 4);
+        t.insert(second.clone());
+        assert_eq!(steered_to(&t), Some(0));
+        // The first session's teardown comes after and must not take the entry away.
+        t.remove(&first);
+        assert_eq!(steered_to(&t), Some(0));
+        t.remove(&second);
+        assert_eq!(steered_to(&t), None);
     }
 
     #[test]

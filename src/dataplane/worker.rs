@@ -27,7 +27,9 @@ use super::offload::{Coalescer, ReadBuffers, TUN_READ_SIZE, WriteFrom, split_tun
 use super::sstp::{EapProgress, SstpConn, TLS_HANDSHAKE_RECORD};
 use super::table::{KeySet, SessionShared, Transport};
 use super::tcp::{Frame, MAX_QUEUED_OUTPUT, Stream, TcpConn};
-use super::{ControlEvent, Inbox, LocalHandle, SessionKind, Shared, SstpGrant, UdpRole, WorkerCommand, WorkerIo, sys};
+use super::{
+    ControlEvent, HandOff, Inbox, LocalHandle, SessionKind, Shared, SstpGrant, UdpRole, WorkerCommand, WorkerIo, sys,
+};
 use crate::crypto::ReplayWindow;
 use crate::proto::openvpn::acceptor::{Accepted, Acceptor};
 use crate::proto::openvpn::data::{self, DataHeader, HEADROOM, Payload};
@@ -655,7 +657,7 @@ impl Worker {
             Transport::Udp { listener, peer, local } => match self.seal_into(session, b, len) {
                 Ok((start, end)) => {
                     self.send_udp_data(Destination { listener, peer, local }, Datagram { id: b, start, end });
-                    self.counters().sent_from_tun(len);
+                    self.sealed_from_tun(session, len);
                 }
                 Err(reason) => {
                     self.bufs.release(b);
@@ -663,7 +665,7 @@ impl Worker {
                 }
             },
             Transport::Esp { .. } => match self.send_esp(session, b, len) {
-                Ok(()) => self.counters().sent_from_tun(len),
+                Ok(()) => self.sealed_from_tun(session, len),
                 Err(reason) => {
                     self.bufs.release(b);
                     self.count_drop(reason);
@@ -686,16 +688,29 @@ impl Worker {
                         self.send_tcp_data(peer_id, b, len);
                     }
                 } else {
-                    let ok = self.shared.inboxes[session.owner]
+                    let handed = self.shared.inboxes[session.owner]
                         .hand_off(session.peer_id, &self.bufs.get(b)[HEADROOM..HEADROOM + len]);
                     self.bufs.release(b);
-                    if ok {
-                        self.counters().handoffs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    } else {
-                        self.count_drop(DropReason::Overload);
+                    match handed {
+                        HandOff::Queued { woke } => {
+                            let c = self.counters();
+                            c.handoffs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            c.handoff_wakes.fetch_add(u64::from(woke), std::sync::atomic::Ordering::Relaxed);
+                        }
+                        HandOff::Full => self.count_drop(DropReason::Overload),
                     }
                 }
             }
+        }
+    }
+
+    /// Counts a TUN packet of `len` bytes sealed for `session`'s client by this worker,
+    /// and whether the session is another worker's (sealed with its shared keys).
+    fn sealed_from_tun(&self, session: &SessionShared, len: usize) {
+        let c = self.counters();
+        c.sent_from_tun(len);
+        if session.owner != self.index {
+            c.tun_foreign_sealed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -1078,7 +1093,7 @@ impl Worker {
                 WorkerCommand::Shutdown => self.begin_shutdown(now),
             }
         }
-        while let Some(h) = self.inbox.packets.pop() {
+        while let Some(h) = self.inbox.next_packet() {
             if self.sstp_by_peer.contains_key(&h.peer_id) {
                 let len = h.len as usize;
                 let sent =
@@ -1091,7 +1106,7 @@ impl Worker {
             } else {
                 self.count_drop(DropReason::Overload);
             }
-            let _ = self.inbox.spare.push(h);
+            self.inbox.recycle(h);
         }
     }
 

@@ -24,6 +24,8 @@ pub struct GatewayOptions {
     pub extra: String,
     /// `p2sgw pki init --key`: the CA's and server's key type.
     pub pki_key: &'static str,
+    /// A command the gateway runs under (e.g. `setpriv` dropping capabilities).
+    pub launcher: &'static [&'static str],
 }
 
 impl Default for GatewayOptions {
@@ -36,6 +38,7 @@ impl Default for GatewayOptions {
             group_pools: Vec::new(),
             extra: String::new(),
             pki_key: "ecdsa-p256",
+            launcher: &[],
         }
     }
 }
@@ -94,8 +97,9 @@ reneg_secs = {reneg}
         );
         std::fs::write(&config_path, config).expect("write gateway config");
         p2sgw(&["check-config", path(&config_path)]);
-        let process =
-            topo.gw().spawn(&["env", "P2SGW_LOG=debug", P2SGW, "serve", "--config", path(&config_path)], "p2sgw");
+        let command =
+            [opts.launcher, &["env", "P2SGW_LOG=debug", P2SGW, "serve", "--config", path(&config_path)]].concat();
+        let process = topo.gw().spawn(&command, "p2sgw");
         process.wait_for_log("gateway up", Duration::from_secs(20)).expect("gateway starts");
         Gateway { state_dir, config_path, process }
     }
