@@ -242,7 +242,7 @@ mod tests {
         let mut ring = IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(64).unwrap();
         let mut pool = BufferPool::new(8);
         let mut buf_ring = BufRing::register(&ring.submitter(), 4, PLAIN_GROUP).unwrap();
-        let mut fill = |buf_ring: &mut BufRing, pool: &mut BufferPool| {
+        let fill = |buf_ring: &mut BufRing, pool: &mut BufferPool| {
             while buf_ring.held() < buf_ring.capacity() {
                 let id = pool.alloc().unwrap();
                 let (addr, len) = pool.receive_area(id);

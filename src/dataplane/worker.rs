@@ -40,6 +40,8 @@ use crate::proto::sstp::{self, SstpServer};
 
 const RING_ENTRIES: u32 = 1024;
 const POOL_BUFFERS: usize = 4096;
+// A pool buffer's id is its id in the provided-buffer ring, 16 bits there.
+const _: () = assert!(POOL_BUFFERS <= 1 << 16);
 /// Receives kept in flight per UDP socket, and reads on the TUN queue.
 const UDP_RECV_DEPTH: usize = 64;
 const TUN_READ_DEPTH: usize = 64;
@@ -218,21 +220,24 @@ impl Multishot {
         if !deferred {
             return None;
         }
+        Multishot::register(ring, udp_gro)
+            .inspect_err(|e| warn!(worker, error = %e, "io_uring buffer rings refused; UDP receives go one by one"))
+            .ok()
+    }
+
+    /// A ring of pool buffers as deep as the single receives were (UDP_RECV_DEPTH per
+    /// plain socket), and a GRO ring of GRO_RECV_DEPTH large buffers per GRO socket.
+    fn register(ring: &IoUring, udp_gro: &[bool]) -> io::Result<Multishot> {
         let ring_of = |sockets: usize, depth: usize| (sockets * depth).next_power_of_two().min(32768) as u16;
         let plain_sockets = udp_gro.iter().filter(|&&g| !g).count();
         let gro_sockets = udp_gro.len() - plain_sockets;
-        let built = (|| -> io::Result<Multishot> {
-            let plain = (plain_sockets > 0)
-                .then(|| BufRing::register(&ring.submitter(), ring_of(plain_sockets, UDP_RECV_DEPTH), PLAIN_GROUP))
-                .transpose()?;
-            let gro = (gro_sockets > 0)
-                .then(|| GroRing::register(&ring.submitter(), ring_of(gro_sockets, GRO_RECV_DEPTH)))
-                .transpose()?;
-            Ok(Multishot { plain, gro, msghdr: Box::new(recv_ring::multishot_msghdr()) })
-        })();
-        built
-            .inspect_err(|e| warn!(worker, error = %e, "io_uring buffer rings refused; UDP receives go one by one"))
-            .ok()
+        let plain = (plain_sockets > 0)
+            .then(|| BufRing::register(&ring.submitter(), ring_of(plain_sockets, UDP_RECV_DEPTH), PLAIN_GROUP))
+            .transpose()?;
+        let gro = (gro_sockets > 0)
+            .then(|| GroRing::register(&ring.submitter(), ring_of(gro_sockets, GRO_RECV_DEPTH)))
+            .transpose()?;
+        Ok(Multishot { plain, gro, msghdr: Box::new(recv_ring::multishot_msghdr()) })
     }
 }
 
