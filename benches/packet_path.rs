@@ -1,8 +1,9 @@
 //! The per-packet work around the cipher: looking a session up (by tunnel address for
 //! packets from the TUN, by peer-id for OpenVPN packets from clients, by SPI for ESP
 //! packets) in a table of 10,000 sessions. Before timing anything it checks, with a
-//! counting allocator, that sealing, opening and looking up allocate nothing. Header
-//! parsing is timed in benches/codec.rs.
+//! counting allocator, that sealing, opening and looking up allocate nothing, and
+//! neither do multishot receives over loopback into a ring of pool buffers (parsed,
+//! released and handed back to the ring). Header parsing is timed in benches/codec.rs.
 //!
 //!   cargo bench --bench packet_path
 
@@ -13,7 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use io_uring::{IoUring, cqueue, opcode, types};
 use p2sgw::crypto::AeadAlgorithm;
+use p2sgw::dataplane::buffers::BufferPool;
+use p2sgw::dataplane::recv_ring::{self, BufRing, PLAIN_GROUP};
 use p2sgw::dataplane::table::{EspInbound, SessionShared, SessionTable, Transport};
 use p2sgw::proto::esp::{InboundSa, SaKey, keymat_len};
 use p2sgw::proto::openvpn::data::{DataHeader, DataKey, HEADROOM};
@@ -103,9 +107,62 @@ fn assert_no_allocation_per_packet(table: &SessionTable) {
     assert_eq!(allocations, 0, "the packet path allocates");
 }
 
+/// Receiving by multishot RecvMsg into a provided ring of pool buffers must not allocate:
+/// the parse of each buffer, its release to the pool, the ring's refill and the re-arm.
+fn assert_no_allocation_per_receive() {
+    use std::os::fd::AsRawFd;
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("receiver");
+    let to = receiver.local_addr().expect("address");
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("sender");
+    let mut ring = IoUring::new(64).expect("ring");
+    let mut pool = BufferPool::new(64);
+    let mut buffers = BufRing::register(&ring.submitter(), 32, PLAIN_GROUP).expect("buffer ring");
+    let msghdr = recv_ring::multishot_msghdr();
+    let payload = [0x38u8; 1400];
+    let mut received = 0usize;
+    let mut armed = false;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        while buffers.held() < buffers.capacity() {
+            let id = pool.alloc().expect("a pool buffer");
+            let (addr, len) = pool.receive_area(id);
+            buffers.add(addr, len, id as u16);
+        }
+        buffers.publish();
+        if !armed {
+            let recv = opcode::RecvMsgMulti::new(types::Fd(receiver.as_raw_fd()), &msghdr, PLAIN_GROUP).build();
+            // SAFETY: the message header and the pool outlive the receive.
+            unsafe { ring.submission().push(&recv).expect("room in the queue") };
+            armed = true;
+        }
+        for _ in 0..16 {
+            sender.send_to(&payload, to).expect("send");
+        }
+        let mut batch = 0;
+        while batch < 16 {
+            ring.submit_and_wait(1).expect("wait");
+            for completion in ring.completion() {
+                armed &= cqueue::more(completion.flags());
+                let Some(id) = cqueue::buffer_select(completion.flags()) else { continue };
+                buffers.consumed();
+                let id = u32::from(id);
+                let datagram = recv_ring::parse(&pool.with_prefix(id)[..completion.result() as usize]);
+                received += black_box(datagram.map_or(0, |d| d.data.len()));
+                pool.release(id);
+                batch += 1;
+            }
+        }
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(received, 16_000 * payload.len());
+    println!("allocations in 16,000 multishot receives (parse, release, refill, re-arm): {allocations}");
+    assert_eq!(allocations, 0, "the receive path allocates");
+}
+
 fn lookups(c: &mut Criterion) {
     let table = table();
     assert_no_allocation_per_packet(&table);
+    assert_no_allocation_per_receive();
 
     let mut group = c.benchmark_group("session_lookup");
     group.throughput(Throughput::Elements(1));

@@ -557,6 +557,17 @@ pub fn udp_gro_split(data: &[u8]) {
     }
 }
 
+/// What a multishot UDP receive leaves in a ring buffer (header, sender's address,
+/// control messages, datagram), as the data plane parses it: a datagram it accepts lies
+/// exactly where a pool buffer's payload starts.
+pub fn udp_multishot_receive(data: &[u8]) {
+    use crate::dataplane::{buffers::RECV_PREFIX, recv_ring};
+    if let Some(received) = recv_ring::parse(data) {
+        assert_eq!(received.data.as_ptr(), data[RECV_PREFIX..].as_ptr());
+        assert!(received.data.len() <= data.len() - RECV_PREFIX);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -845,6 +856,47 @@ mod tests {
         write_probe_packet(&mut echo, src, dst, &probe, 200);
         let profile = b"client\nremote 192.0.2.1 1194 udp\n<ca>\n-----BEGIN CERTIFICATE-----\n</ca>\n";
         mutations(&[&echo, profile], 3000, loadgen_input);
+    }
+
+    #[test]
+    fn udp_multishot_receive_survives_mutated_buffers() {
+        use crate::dataplane::recv_ring::{CONTROL_LEN, NAME_LEN};
+        /// A ring buffer as the kernel fills it: io_uring_recvmsg_out (namelen, controllen,
+        /// payloadlen, flags), a sockaddr_in, the control messages, the datagram.
+        fn filled(control: &[u8], payload: &[u8]) -> Vec<u8> {
+            let mut b = Vec::new();
+            for field in [16u32, control.len() as u32, payload.len() as u32, 0] {
+                b.extend(field.to_ne_bytes());
+            }
+            let mut name = [0u8; NAME_LEN];
+            name[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            name[2..4].copy_from_slice(&1194u16.to_be_bytes());
+            name[4..8].copy_from_slice(&[192, 0, 2, 9]);
+            b.extend(name);
+            let mut field = [0u8; CONTROL_LEN];
+            field[..control.len()].copy_from_slice(control);
+            b.extend(field);
+            b.extend(payload);
+            b
+        }
+        /// A control message: cmsghdr (length, level, type), then its data, padded to 8.
+        fn cmsg(level: i32, ty: i32, data: &[u8]) -> Vec<u8> {
+            let mut c = (16 + data.len() as u64).to_ne_bytes().to_vec();
+            c.extend(level.to_ne_bytes());
+            c.extend(ty.to_ne_bytes());
+            c.extend(data);
+            c.resize(c.len().next_multiple_of(8), 0);
+            c
+        }
+        let pktinfo = cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &[2, 0, 0, 0, 192, 0, 2, 1, 192, 0, 2, 1]);
+        let gro = cmsg(libc::SOL_UDP, libc::UDP_GRO, &1300i32.to_ne_bytes());
+        let plain = filled(&pktinfo, &[0x48; 200]);
+        let coalesced = filled(&[&pktinfo[..], &gro[..]].concat(), &[0x48; 2600]);
+        let received = crate::dataplane::recv_ring::parse(&coalesced).expect("a well-formed buffer parses");
+        assert_eq!(received.peer, Some(SocketAddr::from(([192, 0, 2, 9], 1194))));
+        assert_eq!(received.local, Some(std::net::IpAddr::from([192, 0, 2, 1])));
+        assert_eq!((received.segment, received.data.len()), (Some(1300), 2600));
+        mutations(&[&plain, &coalesced, &filled(&[], &[])], 2000, udp_multishot_receive);
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! packet path never allocates. Each buffer carries the msghdr/iovec/sockaddr an
 //! io_uring SendMsg or RecvMsg needs, at a fixed address for as long as the
 //! operation is in flight.
+//!
+//! In front of each buffer lies [`RECV_PREFIX`] bytes of room: a multishot receive
+//! (see recv_ring.rs) writes its header, the sender's address and the control messages
+//! there, so that the datagram itself lands at offset 0 of the buffer, where the packet
+//! path expects it.
 
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +23,15 @@ pub const MAX_TUN_MTU: u16 = (BUF_SIZE - crate::proto::openvpn::data::HEADROOM -
 
 pub type BufId = u32;
 
+/// What a multishot receive writes before the datagram: its 16-byte header, the sender's
+/// address and the control messages (sizes in recv_ring.rs, which checks they add up).
+pub const RECV_PREFIX: usize = 128;
+
+/// One buffer with its receive room in front; aligned so that the control messages a
+/// receive writes there are aligned too.
+#[repr(C, align(64))]
+struct Slot([u8; RECV_PREFIX + BUF_SIZE]);
+
 /// The kernel-facing message header of one buffer.
 pub struct MsgMeta {
     pub hdr: libc::msghdr,
@@ -28,7 +42,7 @@ pub struct MsgMeta {
 }
 
 pub struct BufferPool {
-    data: Box<[[u8; BUF_SIZE]]>,
+    data: Box<[Slot]>,
     meta: Box<[MsgMeta]>,
     free: Vec<BufId>,
 }
@@ -36,7 +50,7 @@ pub struct BufferPool {
 impl BufferPool {
     pub fn new(count: usize) -> Self {
         BufferPool {
-            data: vec![[0u8; BUF_SIZE]; count].into_boxed_slice(),
+            data: (0..count).map(|_| Slot([0; RECV_PREFIX + BUF_SIZE])).collect(),
             // SAFETY: msghdr, iovec and sockaddr_storage are plain C data; all-zero is valid.
             meta: (0..count).map(|_| unsafe { zeroed::<MsgMeta>() }).collect(),
             free: (0..count as BufId).rev().collect(),
@@ -57,22 +71,38 @@ impl BufferPool {
     }
 
     pub fn get(&self, id: BufId) -> &[u8; BUF_SIZE] {
-        &self.data[id as usize]
+        payload(&self.data[id as usize])
     }
 
     pub fn get_mut(&mut self, id: BufId) -> &mut [u8; BUF_SIZE] {
-        &mut self.data[id as usize]
+        payload_mut(&mut self.data[id as usize])
+    }
+
+    /// The buffer with its receive room in front, where a multishot receive writes.
+    pub fn with_prefix(&self, id: BufId) -> &[u8] {
+        &self.data[id as usize].0
+    }
+
+    /// Where a multishot receive into `id` starts, and how much it may write.
+    pub fn receive_area(&mut self, id: BufId) -> (*mut u8, u32) {
+        let slot = &mut self.data[id as usize].0;
+        (slot.as_mut_ptr(), slot.len() as u32)
+    }
+
+    /// All the buffers' memory, for registering it with the ring (fixed buffers).
+    pub fn region(&mut self) -> libc::iovec {
+        libc::iovec { iov_base: self.data.as_mut_ptr().cast(), iov_len: std::mem::size_of_val(&*self.data) }
     }
 
     /// Mutable access to several buffers at once; `ids` must be distinct and ascending.
     pub fn get_many_mut(&mut self, ids: &[BufId]) -> Vec<&mut [u8; BUF_SIZE]> {
         let mut many = Vec::with_capacity(ids.len());
-        let mut rest: &mut [[u8; BUF_SIZE]] = &mut self.data;
+        let mut rest: &mut [Slot] = &mut self.data;
         let mut rest_starts_at = 0;
         for &id in ids {
             let skip = (id as usize).checked_sub(rest_starts_at).expect("buffer ids are distinct and ascending");
             let (one, tail) = std::mem::take(&mut rest)[skip..].split_first_mut().expect("buffer ids are in the pool");
-            many.push(one);
+            many.push(payload_mut(one));
             rest = tail;
             rest_starts_at = id as usize + 1;
         }
@@ -91,7 +121,7 @@ impl BufferPool {
         to: &SocketAddr,
         from: Option<IpAddr>,
     ) -> *const libc::msghdr {
-        let base = self.data[id as usize].as_mut_ptr();
+        let base = self.get_mut(id).as_mut_ptr();
         let m = &mut self.meta[id as usize];
         let (addr, len) = sys::sockaddr_from(to);
         m.addr = addr;
@@ -115,7 +145,7 @@ impl BufferPool {
     /// Fills the message header of `id` to receive into `data[start..]`, and returns a
     /// pointer for RecvMsg.
     pub fn prepare_recv(&mut self, id: BufId, start: usize) -> *mut libc::msghdr {
-        let base = self.data[id as usize].as_mut_ptr();
+        let base = self.get_mut(id).as_mut_ptr();
         let m = &mut self.meta[id as usize];
         // SAFETY: start < BUF_SIZE.
         m.iov = libc::iovec { iov_base: unsafe { base.add(start) }.cast(), iov_len: BUF_SIZE - start };
@@ -141,6 +171,14 @@ impl BufferPool {
     pub fn received_on(&self, id: BufId) -> Option<IpAddr> {
         sys::receive_control(&self.meta[id as usize].hdr).local
     }
+}
+
+fn payload(slot: &Slot) -> &[u8; BUF_SIZE] {
+    slot.0.last_chunk().expect("a slot ends with a buffer")
+}
+
+fn payload_mut(slot: &mut Slot) -> &mut [u8; BUF_SIZE] {
+    slot.0.last_chunk_mut().expect("a slot ends with a buffer")
 }
 
 #[cfg(test)]

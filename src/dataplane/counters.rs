@@ -100,6 +100,9 @@ pub struct WorkerCounters {
     /// the kernel), and the datagrams they carried.
     pub udp_gro_receives: AtomicU64,
     pub udp_gro_datagrams: AtomicU64,
+    /// Multishot UDP receives ended because their provided-buffer ring was empty (armed
+    /// again once buffers are back).
+    pub udp_recv_ring_empty: AtomicU64,
     /// Completions processed per ring wait, summed (with `batches`, the mean batch).
     pub completions: AtomicU64,
     pub batches: AtomicU64,

@@ -8,6 +8,7 @@ pub mod counters;
 pub mod gro;
 pub mod gso;
 pub mod offload;
+pub mod recv_ring;
 pub mod sstp;
 pub mod steering;
 pub mod sys;

@@ -335,6 +335,12 @@ impl ReadBuffers {
     pub fn get_mut(&mut self, id: u32) -> &mut [u8] {
         &mut self.data[id as usize]
     }
+
+    /// Each buffer's memory, in buffer order, for registering with the ring (fixed
+    /// buffers).
+    pub fn regions(&mut self) -> impl Iterator<Item = libc::iovec> + '_ {
+        self.data.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,10 @@ use tracing::{debug, warn};
 
 use super::buffers::{BUF_SIZE, BufId, BufferPool};
 use super::counters::{DropReason, WorkerCounters};
-use super::gro::{GRO_RECV_DEPTH, GroReceives};
+use super::gro::{GRO_RECV_DEPTH, GroReceives, Received};
 use super::gso::{Datagram, Destination, GsoBatch, GsoSends};
 use super::offload::{Coalescer, ReadBuffers, TUN_READ_SIZE, WriteFrom, split_tun_read};
+use super::recv_ring::{self, BufRing, GRO_GROUP, GroRing, PLAIN_GROUP};
 use super::sstp::{EapProgress, SstpConn, TLS_HANDSHAKE_RECORD};
 use super::table::{KeySet, SessionShared, Transport};
 use super::tcp::{Frame, MAX_QUEUED_OUTPUT, Stream, TcpConn};
@@ -41,6 +42,8 @@ use crate::proto::sstp::{self, SstpServer};
 
 const RING_ENTRIES: u32 = 1024;
 const POOL_BUFFERS: usize = 4096;
+// A pool buffer's id is its id in the provided-buffer ring, 16 bits there.
+const _: () = assert!(POOL_BUFFERS <= 1 << 16);
 /// Receives kept in flight per UDP socket, and reads on the TUN queue.
 const UDP_RECV_DEPTH: usize = 64;
 const TUN_READ_DEPTH: usize = 64;
@@ -72,6 +75,12 @@ const OP_UDP_GSO_SEND: u64 = 11;
 /// A receive on a UDP socket with GRO, into a GRO receive buffer (its slot in the
 /// second index).
 const OP_UDP_RECV_GRO: u64 = 12;
+/// A multishot receive on a UDP socket (plain or GRO), into buffers of a provided ring.
+const OP_UDP_RECV_MULTI: u64 = 13;
+
+/// Fixed-buffer indices: the pool's memory, then each TUN read buffer (with offloads).
+const POOL_BUFFER_INDEX: u16 = 0;
+const FIRST_READ_BUFFER_INDEX: u16 = 1;
 
 fn user_data(op: u64, a: u32, b: u32) -> u64 {
     (op << 56) | (u64::from(a & 0x00ff_ffff) << 32) | u64::from(b)
@@ -79,6 +88,159 @@ fn user_data(op: u64, a: u32, b: u32) -> u64 {
 
 fn split_user_data(ud: u64) -> (u64, u32, u32) {
     (ud >> 56, ((ud >> 32) & 0x00ff_ffff) as u32, ud as u32)
+}
+
+/// A file as SQEs name it: its slot in the ring's fixed-file table (the kernel then
+/// takes no reference on the file per operation), or its plain fd where the kernel
+/// refused the table.
+#[derive(Debug, Clone, Copy)]
+enum RingFile {
+    Fixed(u32),
+    Fd(RawFd),
+}
+
+/// Builds an SQE on `$file`, with `$fd` bound to its `types::Fixed` or `types::Fd`.
+macro_rules! on_file {
+    ($file:expr, $fd:ident => $sqe:expr) => {
+        match $file {
+            RingFile::Fixed(slot) => {
+                let $fd = types::Fixed(slot);
+                $sqe
+            }
+            RingFile::Fd(raw) => {
+                let $fd = types::Fd(raw);
+                $sqe
+            }
+        }
+    };
+}
+
+/// The worker's long-lived files in the ring's fixed-file table: its UDP sockets, TCP
+/// listeners, TUN queue and inbox eventfd. Accepted TCP connections stay plain fds: the
+/// worker sets socket options on them and reads TLS from them with ordinary calls, which
+/// a direct (ring-only) descriptor would not allow, and they carry few, large operations
+/// (SSTP and OpenVPN over TCP), where a file reference per operation costs nothing that
+/// shows.
+struct RingFiles {
+    udp: Vec<RingFile>,
+    tcp: Vec<RingFile>,
+    tun: TunFile,
+    wake: RingFile,
+}
+
+impl RingFiles {
+    fn register(ring: &IoUring, io: &WorkerIo, wake: RawFd, fixed_buffers: bool, worker: usize) -> RingFiles {
+        let fds: Vec<RawFd> =
+            io.udp.iter().chain(&io.tcp).map(AsRawFd::as_raw_fd).chain([io.tun.as_raw_fd(), wake]).collect();
+        let fixed = match ring.submitter().register_files(&fds) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(worker, error = %e, "io_uring fixed files refused; operations name plain descriptors");
+                false
+            }
+        };
+        let file = |i: usize| if fixed { RingFile::Fixed(i as u32) } else { RingFile::Fd(fds[i]) };
+        let (udp, tcp) = (io.udp.len(), io.tcp.len());
+        RingFiles {
+            udp: (0..udp).map(file).collect(),
+            tcp: (udp..udp + tcp).map(file).collect(),
+            tun: TunFile { file: file(udp + tcp), fixed_buffers },
+            wake: file(udp + tcp + 1),
+        }
+    }
+}
+
+/// The TUN queue as SQEs name it, and whether the pool and the TUN read buffers are
+/// registered with the ring (reads and writes from them then go by ReadFixed/WriteFixed,
+/// and the kernel does not map their pages per operation).
+#[derive(Debug, Clone, Copy)]
+struct TunFile {
+    file: RingFile,
+    fixed_buffers: bool,
+}
+
+impl TunFile {
+    /// A read into registered buffer `index` (pool or read buffer) at `ptr`.
+    fn read(self, ptr: *mut u8, len: u32, index: u16) -> squeue::Entry {
+        if self.fixed_buffers {
+            on_file!(self.file, fd => opcode::ReadFixed::new(fd, ptr, len, index).build())
+        } else {
+            on_file!(self.file, fd => opcode::Read::new(fd, ptr, len).build())
+        }
+    }
+
+    /// A write of bytes in a pool buffer.
+    fn write_pool(self, bytes: &[u8]) -> squeue::Entry {
+        let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
+        if self.fixed_buffers {
+            on_file!(self.file, fd => opcode::WriteFixed::new(fd, ptr, len, POOL_BUFFER_INDEX).build())
+        } else {
+            on_file!(self.file, fd => opcode::Write::new(fd, ptr, len).build())
+        }
+    }
+
+    /// A write of bytes outside the registered buffers (the coalescer's super-packets).
+    fn write(self, bytes: &[u8]) -> squeue::Entry {
+        on_file!(self.file, fd => opcode::Write::new(fd, bytes.as_ptr(), bytes.len() as u32).build())
+    }
+}
+
+/// Registers the pool's memory (index 0) and the TUN read buffers (from index 1) as the
+/// ring's fixed buffers; false, after one warning, when the kernel refuses (too old, or
+/// a locked-memory limit without CAP_IPC_LOCK). The coalescer's buffers are not among
+/// them: they grow (and move) with the flows merged into them.
+fn register_buffers(ring: &IoUring, bufs: &mut BufferPool, reads: Option<&mut ReadBuffers>, worker: usize) -> bool {
+    let mut regions = vec![bufs.region()];
+    if let Some(reads) = reads {
+        regions.extend(reads.regions());
+    }
+    // SAFETY: the regions are the pool's and the read buffers' heap memory, which stays
+    // put and outlives the ring (the worker drops its ring first).
+    match unsafe { ring.submitter().register_buffers(&regions) } {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(worker, error = %e, "io_uring fixed buffers refused; TUN reads and writes map their buffers each time");
+            false
+        }
+    }
+}
+
+/// Multishot receives on the UDP sockets: the provided-buffer rings, and the message
+/// header the receives are armed with. Sockets with UDP GRO take their buffers from the
+/// GRO ring, the others from the ring of pool buffers.
+struct Multishot {
+    plain: Option<BufRing>,
+    gro: Option<GroRing>,
+    msghdr: Box<libc::msghdr>,
+}
+
+impl Multishot {
+    /// None, after one warning, when the kernel refuses a buffer ring (the sockets then
+    /// receive with one RecvMsg per buffer). Multishot RecvMsg came in Linux 6.0, before
+    /// DEFER_TASKRUN (6.1): a ring without the latter receives one by one too.
+    fn new(ring: &IoUring, deferred: bool, udp_gro: &[bool], worker: usize) -> Option<Multishot> {
+        if !deferred {
+            return None;
+        }
+        Multishot::register(ring, udp_gro)
+            .inspect_err(|e| warn!(worker, error = %e, "io_uring buffer rings refused; UDP receives go one by one"))
+            .ok()
+    }
+
+    /// A ring of pool buffers as deep as the single receives were (UDP_RECV_DEPTH per
+    /// plain socket), and a GRO ring of GRO_RECV_DEPTH large buffers per GRO socket.
+    fn register(ring: &IoUring, udp_gro: &[bool]) -> io::Result<Multishot> {
+        let ring_of = |sockets: usize, depth: usize| (sockets * depth).next_power_of_two().min(32768) as u16;
+        let plain_sockets = udp_gro.iter().filter(|&&g| !g).count();
+        let gro_sockets = udp_gro.len() - plain_sockets;
+        let plain = (plain_sockets > 0)
+            .then(|| BufRing::register(&ring.submitter(), ring_of(plain_sockets, UDP_RECV_DEPTH), PLAIN_GROUP))
+            .transpose()?;
+        let gro = (gro_sockets > 0)
+            .then(|| GroRing::register(&ring.submitter(), ring_of(gro_sockets, GRO_RECV_DEPTH)))
+            .transpose()?;
+        Ok(Multishot { plain, gro, msghdr: Box::new(recv_ring::multishot_msghdr()) })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,20 +308,23 @@ pub(super) struct Worker {
     udp_gro: Vec<bool>,
     gro_receives: GroReceives,
     gro_split: Vec<(BufId, usize)>,
+    files: RingFiles,
+    /// Multishot receives with provided buffers; None where the kernel refused them.
+    multishot: Option<Multishot>,
 }
 
 impl Worker {
     pub(super) fn new(index: usize, shared: Arc<Shared>, io: WorkerIo) -> io::Result<Worker> {
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        let (ring, deferred) = match IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(RING_ENTRIES)
+        {
+            Ok(ring) => (ring, true),
+            Err(_) => (IoUring::new(RING_ENTRIES)?, false),
+        };
         let inbox = shared.inboxes[index].clone();
         let acceptor = Acceptor::new(shared.tls_crypt.clone());
         let udp_armed = vec![0; io.udp.len()];
         let ike = io.ike.clone().map(ike::IkeEndpoint::new);
-        let tun_reads = io.tun_offload.map(|_| ReadBuffers::new(TUN_READ_DEPTH));
+        let mut tun_reads = io.tun_offload.map(|_| ReadBuffers::new(TUN_READ_DEPTH));
         let gro = io.tun_offload.map(|o| Coalescer::new(o.udp));
         let udp_gso_segment = (0..io.udp.len())
             .map(|i| {
@@ -174,14 +339,18 @@ impl Worker {
                 let receives_data = matches!(io.udp_roles[i], UdpRole::OpenVpn | UdpRole::NatT(_));
                 io.udp_gso && receives_data && sys::enable_udp_gro(io.udp[i].as_raw_fd())
             })
-            .collect();
+            .collect::<Vec<bool>>();
+        let mut bufs = BufferPool::new(POOL_BUFFERS);
+        let fixed_buffers = register_buffers(&ring, &mut bufs, tun_reads.as_mut(), index);
+        let files = RingFiles::register(&ring, &io, inbox.wake.as_raw_fd(), fixed_buffers, index);
+        let multishot = Multishot::new(&ring, deferred, &udp_gro, index);
         Ok(Worker {
             ring,
             index,
             inbox,
             acceptor,
             io,
-            bufs: BufferPool::new(POOL_BUFFERS),
+            bufs,
             sessions: Vec::new(),
             session_generations: Vec::new(),
             free_sessions: Vec::new(),
@@ -210,6 +379,8 @@ impl Worker {
             udp_gro,
             gro_receives: GroReceives::default(),
             gro_split: Vec::new(),
+            files,
+            multishot,
             shared,
         })
     }
@@ -308,35 +479,47 @@ impl Worker {
                 break;
             }
         }
+        // The fixed-file table holds the sockets too; the ring's own teardown is
+        // asynchronous, so they are let go here.
+        if matches!(self.files.tun.file, RingFile::Fixed(_)) {
+            let _ = self.ring.submitter().unregister_files();
+        }
     }
 
     // ---- arming --------------------------------------------------------------------
 
     fn rearm(&mut self) {
-        for listener in 0..self.io.udp.len() {
-            let fd = types::Fd(self.io.udp[listener].as_raw_fd());
-            if self.udp_gro[listener] {
-                while self.udp_armed[listener] < GRO_RECV_DEPTH {
-                    let (slot, hdr) = self.gro_receives.prepare();
-                    let done = user_data(OP_UDP_RECV_GRO, listener as u32, slot);
-                    push_entry(&mut self.ring, &opcode::RecvMsg::new(fd, hdr).build().user_data(done));
+        if self.multishot.is_some() {
+            self.rearm_multishot();
+        } else {
+            for listener in 0..self.io.udp.len() {
+                let file = self.files.udp[listener];
+                if self.udp_gro[listener] {
+                    while self.udp_armed[listener] < GRO_RECV_DEPTH {
+                        let (slot, hdr) = self.gro_receives.prepare();
+                        let done = user_data(OP_UDP_RECV_GRO, listener as u32, slot);
+                        let recv = on_file!(file, fd => opcode::RecvMsg::new(fd, hdr).build());
+                        push_entry(&mut self.ring, &recv.user_data(done));
+                        self.udp_armed[listener] += 1;
+                    }
+                    continue;
+                }
+                while self.udp_armed[listener] < UDP_RECV_DEPTH {
+                    let Some(b) = self.bufs.alloc() else { return };
+                    let hdr = self.bufs.prepare_recv(b, 0);
+                    let recv = on_file!(file, fd => opcode::RecvMsg::new(fd, hdr).build());
+                    self.push(recv.user_data(user_data(OP_UDP_RECV, listener as u32, b)));
                     self.udp_armed[listener] += 1;
                 }
-                continue;
-            }
-            while self.udp_armed[listener] < UDP_RECV_DEPTH {
-                let Some(b) = self.bufs.alloc() else { return };
-                let hdr = self.bufs.prepare_recv(b, 0);
-                self.push(opcode::RecvMsg::new(fd, hdr).build().user_data(user_data(OP_UDP_RECV, listener as u32, b)));
-                self.udp_armed[listener] += 1;
             }
         }
+        let tun = self.files.tun;
         if let Some(reads) = self.tun_reads.as_mut() {
             while self.tun_armed < TUN_READ_DEPTH {
                 let Some(r) = reads.alloc() else { return };
                 let ptr = reads.get_mut(r).as_mut_ptr();
-                let read = opcode::Read::new(types::Fd(self.io.tun.as_raw_fd()), ptr, TUN_READ_SIZE as u32);
-                push_entry(&mut self.ring, &read.build().user_data(user_data(OP_TUN_READ_OFFLOAD, 0, r)));
+                let read = tun.read(ptr, TUN_READ_SIZE as u32, FIRST_READ_BUFFER_INDEX + r as u16);
+                push_entry(&mut self.ring, &read.user_data(user_data(OP_TUN_READ_OFFLOAD, 0, r)));
                 self.tun_armed += 1;
             }
             return;
@@ -344,31 +527,54 @@ impl Worker {
         while self.tun_armed < TUN_READ_DEPTH {
             let Some(b) = self.bufs.alloc() else { return };
             let ptr = self.bufs.get_mut(b)[HEADROOM..].as_mut_ptr();
-            let fd = self.io.tun.as_raw_fd();
-            self.push(
-                opcode::Read::new(types::Fd(fd), ptr, (BUF_SIZE - HEADROOM) as u32).build().user_data(user_data(
-                    OP_TUN_READ,
-                    0,
-                    b,
-                )),
-            );
+            let read = tun.read(ptr, (BUF_SIZE - HEADROOM) as u32, POOL_BUFFER_INDEX);
+            self.push(read.user_data(user_data(OP_TUN_READ, 0, b)));
             self.tun_armed += 1;
         }
     }
 
+    /// Refills the ring of pool buffers from the pool, hands the GRO ring its returned
+    /// buffers, and arms a multishot receive on each socket that has none (at start, and
+    /// after a completion without IORING_CQE_F_MORE) while its ring has buffers.
+    fn rearm_multishot(&mut self) {
+        let Worker { multishot: Some(m), bufs, ring, files, udp_armed, udp_gro, .. } = self else { return };
+        if let Some(plain) = m.plain.as_mut() {
+            while plain.held() < plain.capacity() {
+                let Some(b) = bufs.alloc() else { break };
+                let (addr, len) = bufs.receive_area(b);
+                plain.add(addr, len, b as u16);
+            }
+            plain.publish();
+        }
+        if let Some(gro) = m.gro.as_mut() {
+            gro.ring().publish();
+        }
+        for (listener, armed) in udp_armed.iter_mut().enumerate() {
+            let (group, ring_of_buffers) = if udp_gro[listener] {
+                (GRO_GROUP, m.gro.as_mut().map(GroRing::ring))
+            } else {
+                (PLAIN_GROUP, m.plain.as_mut())
+            };
+            if *armed > 0 || ring_of_buffers.is_none_or(|r| r.held() == 0) {
+                continue;
+            }
+            let msghdr: *const libc::msghdr = &*m.msghdr;
+            let recv = on_file!(files.udp[listener], fd => opcode::RecvMsgMulti::new(fd, msghdr, group).build());
+            push_entry(ring, &recv.user_data(user_data(OP_UDP_RECV_MULTI, listener as u32, 0)));
+            *armed = 1;
+        }
+    }
+
     fn arm_accept(&mut self, listener: usize) {
-        let fd = self.io.tcp[listener].as_raw_fd();
-        self.push(opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build().user_data(user_data(
-            OP_TCP_ACCEPT,
-            listener as u32,
-            0,
-        )));
+        let accept =
+            on_file!(self.files.tcp[listener], fd => opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC).build());
+        self.push(accept.user_data(user_data(OP_TCP_ACCEPT, listener as u32, 0)));
     }
 
     fn arm_wake(&mut self) {
         let ptr = (&mut *self.wake_buf as *mut u64).cast::<u8>();
-        let fd = self.inbox.wake.as_raw_fd();
-        self.push(opcode::Read::new(types::Fd(fd), ptr, 8).build().user_data(user_data(OP_WAKE, 0, 0)));
+        let read = on_file!(self.files.wake, fd => opcode::Read::new(fd, ptr, 8).build());
+        self.push(read.user_data(user_data(OP_WAKE, 0, 0)));
     }
 
     // ---- completions -----------------------------------------------------------------
@@ -394,6 +600,7 @@ impl Worker {
                 self.udp_armed[a as usize] -= 1;
                 self.on_gro_receive(now, a as usize, b, res);
             }
+            OP_UDP_RECV_MULTI => self.on_multishot_receive(now, a as usize, res, flags),
             OP_UDP_SEND | OP_TUN_WRITE => {
                 if res < 0 {
                     debug!(worker = self.index, error = %io::Error::from_raw_os_error(-res), op, "send failed");
@@ -461,26 +668,20 @@ impl Worker {
     /// its datagrams, copied apart into pool buffers, go the way of plain receives.
     fn on_gro_receive(&mut self, now: Instant, listener: usize, slot: u32, res: i32) {
         let mut split = std::mem::take(&mut self.gro_split);
-        let mut from = None;
-        if res > 0
-            && let Some(received) = self.gro_receives.received(slot, res as usize)
-            && let Some(peer) = received.peer
-        {
-            let cut = super::gro::split_into(received.data, received.segment, &mut self.bufs, &mut split);
-            from = Some((peer, received.local));
-            let c = &self.shared.counters[self.index];
-            if received.segment.is_some() {
-                c.udp_gro_receives.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                c.udp_gro_datagrams.fetch_add(cut.datagrams as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            for _ in 0..cut.too_long {
-                c.drop(DropReason::Malformed);
-            }
-            for _ in 0..cut.no_buffer {
-                c.drop(DropReason::Overload);
-            }
-        }
+        let received = if res > 0 { self.gro_receives.received(slot, res as usize) } else { None };
+        let from = received.and_then(|r| split_gro(r, &mut self.bufs, &self.shared.counters[self.index], &mut split));
         self.gro_receives.release(slot);
+        self.deliver_split(now, listener, from, split);
+    }
+
+    /// Hands the datagrams cut from a GRO receive (from `from`) on, and keeps the list.
+    fn deliver_split(
+        &mut self,
+        now: Instant,
+        listener: usize,
+        from: Option<(SocketAddr, Option<IpAddr>)>,
+        mut split: Vec<(BufId, usize)>,
+    ) {
         if let Some((peer, local)) = from {
             for &(b, len) in &split {
                 self.on_datagram(now, listener, peer, local, b, len);
@@ -488,6 +689,58 @@ impl Worker {
         }
         split.clear();
         self.gro_split = split;
+    }
+
+    /// A completion of the multishot receive on UDP socket `listener`: a datagram (a GRO
+    /// receive on a GRO socket) in the ring buffer the completion names, or an error. A
+    /// completion without IORING_CQE_F_MORE ends the receive; it is armed again at the
+    /// end of the batch (after ENOBUFS, once the ring has buffers again).
+    fn on_multishot_receive(&mut self, now: Instant, listener: usize, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.udp_armed[listener] = 0;
+        }
+        let Some(m) = self.multishot.as_mut() else { return };
+        let Some(id) = cqueue::buffer_select(flags) else {
+            if res == -libc::ENOBUFS {
+                self.counters().udp_recv_ring_empty.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else if res < 0 {
+                debug!(worker = self.index, error = %io::Error::from_raw_os_error(-res), "multishot receive failed");
+            }
+            return;
+        };
+        let len = usize::try_from(res).unwrap_or(0);
+        if self.udp_gro[listener] {
+            let Some(gro) = m.gro.as_mut() else { return };
+            gro.ring().consumed();
+            let mut split = std::mem::take(&mut self.gro_split);
+            let received = gro.get(id).and_then(|buffer| recv_ring::parse(&buffer[..len.min(buffer.len())]));
+            let from = match received {
+                Some(r) => split_gro(r, &mut self.bufs, &self.shared.counters[self.index], &mut split),
+                None => {
+                    self.shared.counters[self.index].drop(DropReason::Malformed);
+                    None
+                }
+            };
+            gro.recycle(id);
+            self.deliver_split(now, listener, from, split);
+            return;
+        }
+        let Some(plain) = m.plain.as_mut() else { return };
+        plain.consumed();
+        let b = BufId::from(id);
+        let buffer = self.bufs.with_prefix(b);
+        // The datagram lies at offset 0 of the pool buffer (the header part fills the room
+        // in front of it), where the packet path takes it.
+        match recv_ring::parse(&buffer[..len.min(buffer.len())]) {
+            Some(Received { peer: Some(peer), local, data, .. }) => {
+                let len = data.len();
+                self.on_datagram(now, listener, peer, local, b, len);
+            }
+            _ => {
+                self.bufs.release(b);
+                self.count_drop(DropReason::Malformed);
+            }
+        }
     }
 
     fn on_udp(&mut self, now: Instant, link: Link, b: BufId, len: usize) {
@@ -594,22 +847,17 @@ impl Worker {
             }
             return;
         }
-        let ptr = self.bufs.get_mut(b)[start..].as_ptr();
-        let fd = self.io.tun.as_raw_fd();
-        self.push(opcode::Write::new(types::Fd(fd), ptr, (end - start) as u32).build().user_data(user_data(
-            OP_TUN_WRITE,
-            0,
-            b,
-        )));
+        let write = self.files.tun.write_pool(&self.bufs.get(b)[start..end]);
+        self.push(write.user_data(user_data(OP_TUN_WRITE, 0, b)));
         self.counters().wrote_to_tun(end - start);
         self.counters().tun_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Coalesces and submits the TUN writes staged in this batch (with offloads).
     fn flush_tun_writes(&mut self) {
-        let Worker { ring, io, bufs, gro, shared, index, .. } = self;
+        let Worker { ring, files, bufs, gro, shared, index, .. } = self;
         if let Some(gro) = gro.as_mut() {
-            flush_coalescer(ring, &io.tun, bufs, gro, &shared.counters[*index]);
+            flush_coalescer(ring, files.tun, bufs, gro, &shared.counters[*index]);
         }
     }
 
@@ -740,8 +988,8 @@ impl Worker {
         end: usize,
     ) {
         let hdr = self.bufs.prepare_send(b, start, end, &peer, local);
-        let fd = self.io.udp[listener].as_raw_fd();
-        self.push(opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(user_data(OP_UDP_SEND, 0, b)));
+        let send = on_file!(self.files.udp[listener], fd => opcode::SendMsg::new(fd, hdr).build());
+        self.push(send.user_data(user_data(OP_UDP_SEND, 0, b)));
     }
 
     /// Sends a sealed data packet (OpenVPN or ESP in UDP) to a client: in the batch of a GSO
@@ -771,12 +1019,8 @@ impl Worker {
             } else {
                 let count = datagrams.len() as u64;
                 let (slot, hdr) = self.gso_sends.prepare(to, &mut datagrams, &mut self.bufs);
-                let fd = self.io.udp[to.listener].as_raw_fd();
-                self.push(opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(user_data(
-                    OP_UDP_GSO_SEND,
-                    0,
-                    slot,
-                )));
+                let send = on_file!(self.files.udp[to.listener], fd => opcode::SendMsg::new(fd, hdr).build());
+                self.push(send.user_data(user_data(OP_UDP_GSO_SEND, 0, slot)));
                 let c = self.counters();
                 c.udp_gso_sends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 c.udp_gso_datagrams.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
@@ -1469,7 +1713,7 @@ impl Worker {
     /// Bytes arrived on an SSTP connection (in its receive buffer): through TLS into
     /// the SSTP server; its IPv4 packets go straight to the TUN.
     fn on_sstp_recv(&mut self, now: Instant, conn: u32) {
-        let Worker { conns, bufs, gro, ring, io, shared, plaintext, index, now_secs, .. } = self;
+        let Worker { conns, bufs, gro, ring, files, shared, plaintext, index, now_secs, .. } = self;
         let Some(c) = conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
         let Stream::Sstp(sstp) = &mut c.stream else { return };
         let counters = &shared.counters[*index];
@@ -1497,7 +1741,7 @@ impl Worker {
                     Ok(n) => {
                         let session = sstp.session.as_deref();
                         let mut to_tun = |packet: &[u8]| {
-                            sstp_packet_to_tun(ring, bufs, gro, &io.tun, counters, session, *now_secs, packet)
+                            sstp_packet_to_tun(ring, bufs, gro, files.tun, counters, session, *now_secs, packet)
                         };
                         server.handle_input_with(now, &plaintext[..n], Some(&mut to_tun));
                     }
@@ -1545,12 +1789,12 @@ impl Worker {
                     self.shared.to_control.send(ControlEvent::VerifySstp { handle, peer, request: Box::new(request) });
             }
             sstp::Event::TunnelPacket(packet) => {
-                let Worker { conns, bufs, gro, ring, io, shared, index, now_secs, .. } = self;
+                let Worker { conns, bufs, gro, ring, files, shared, index, now_secs, .. } = self;
                 let session = match conns.get(conn as usize).and_then(Option::as_ref).map(|c| &c.stream) {
                     Some(Stream::Sstp(sstp)) => sstp.session.as_deref(),
                     _ => None,
                 };
-                sstp_packet_to_tun(ring, bufs, gro, &io.tun, &shared.counters[*index], session, *now_secs, &packet);
+                sstp_packet_to_tun(ring, bufs, gro, files.tun, &shared.counters[*index], session, *now_secs, &packet);
             }
             sstp::Event::EapFromPeer(packet) => {
                 let (Some(handle), Some(peer)) = (self.sstp_handle(conn), peer) else { return };
@@ -1752,7 +1996,7 @@ fn sstp_packet_to_tun(
     ring: &mut IoUring,
     bufs: &mut BufferPool,
     gro: &mut Option<Coalescer>,
-    tun: &OwnedFd,
+    tun: TunFile,
     counters: &WorkerCounters,
     session: Option<&SessionShared>,
     now_secs: u64,
@@ -1790,9 +2034,7 @@ fn sstp_packet_to_tun(
         }
         return;
     }
-    let write = opcode::Write::new(types::Fd(tun.as_raw_fd()), bufs.get(b)[start..].as_ptr(), packet.len() as u32)
-        .build()
-        .user_data(user_data(OP_TUN_WRITE, 0, b));
+    let write = tun.write_pool(&bufs.get(b)[start..end]).user_data(user_data(OP_TUN_WRITE, 0, b));
     push_entry(ring, &write);
     counters.wrote_to_tun(packet.len());
     counters.tun_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1801,21 +2043,43 @@ fn sstp_packet_to_tun(
 /// Coalesces the coalescer's staged packets and submits their writes to the TUN queue.
 fn flush_coalescer(
     ring: &mut IoUring,
-    tun: &OwnedFd,
+    tun: TunFile,
     bufs: &mut BufferPool,
     gro: &mut Coalescer,
     counters: &WorkerCounters,
 ) {
-    let fd = types::Fd(tun.as_raw_fd());
     let flushed = gro.flush(bufs, |from, bytes| {
-        let done = match from {
-            WriteFrom::Pool(id) => user_data(OP_TUN_WRITE, 0, id),
-            WriteFrom::Coalesced(slot) => user_data(OP_TUN_WRITE_STAGED, 0, slot),
+        let write = match from {
+            WriteFrom::Pool(id) => tun.write_pool(bytes).user_data(user_data(OP_TUN_WRITE, 0, id)),
+            WriteFrom::Coalesced(slot) => tun.write(bytes).user_data(user_data(OP_TUN_WRITE_STAGED, 0, slot)),
         };
-        push_entry(ring, &opcode::Write::new(fd, bytes.as_ptr(), bytes.len() as u32).build().user_data(done));
+        push_entry(ring, &write);
     });
     counters.tun_writes.fetch_add(flushed.writes as u64, std::sync::atomic::Ordering::Relaxed);
     counters.tun_coalesced_writes.fetch_add(flushed.coalesced as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Copies the datagrams of a GRO receive apart into pool buffers (onto `split`),
+/// counting them and what was dropped; returns the sender and the local address.
+fn split_gro(
+    received: Received<'_>,
+    bufs: &mut BufferPool,
+    counters: &WorkerCounters,
+    split: &mut Vec<(BufId, usize)>,
+) -> Option<(SocketAddr, Option<IpAddr>)> {
+    let peer = received.peer?;
+    let cut = super::gro::split_into(received.data, received.segment, bufs, split);
+    if received.segment.is_some() {
+        counters.udp_gro_receives.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters.udp_gro_datagrams.fetch_add(cut.datagrams as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    for _ in 0..cut.too_long {
+        counters.drop(DropReason::Malformed);
+    }
+    for _ in 0..cut.no_buffer {
+        counters.drop(DropReason::Overload);
+    }
+    Some((peer, received.local))
 }
 
 enum DataVerdict {
