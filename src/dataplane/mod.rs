@@ -9,6 +9,7 @@ pub mod gro;
 pub mod gso;
 pub mod offload;
 pub mod recv_ring;
+pub mod reuseport;
 pub mod sstp;
 pub mod steering;
 pub mod sys;
