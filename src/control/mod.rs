@@ -14,6 +14,7 @@ pub mod auth;
 pub mod ike;
 mod leases;
 mod metrics;
+mod peer_ids;
 pub mod pools;
 pub mod radius;
 mod sstp;
@@ -148,7 +149,7 @@ pub struct ControlPlane {
     trust: TrustStore,
     trust_stamp: SourceStamp,
     pools: Pools,
-    free_peer_ids: Vec<u32>,
+    peer_ids: peer_ids::PeerIds,
     sessions: HashMap<u32, SessionRecord>,
     by_thumbprint: HashMap<Thumbprint, u32>,
     /// Peer-ids of sessions told to close, freed when their worker confirms.
@@ -199,7 +200,7 @@ impl ControlPlane {
         let local_users = sstp::LocalUsers::load(&config)?;
         Ok(ControlPlane {
             trust_stamp: TrustStore::stamp(&config),
-            free_peer_ids: (0..capacity).rev().collect(),
+            peer_ids: peer_ids::PeerIds::new(capacity, shared.inboxes.len()),
             pools: Pools::new(config.network.pool, &config.group_pools()),
             config,
             config_path,
@@ -537,7 +538,7 @@ impl ControlPlane {
             warn!(%peer, transport, user = %admission.user, reason, "authentication refused");
             reason.to_string()
         };
-        let Some(peer_id) = self.free_peer_ids.pop() else {
+        let Some(peer_id) = self.peer_ids.take(handle.worker) else {
             return Err(refuse(self, "no_slot", "the gateway has no free session slot"));
         };
         let thumbprint = certificate.as_ref().map(|(_, id)| id.thumbprint);
@@ -554,7 +555,7 @@ impl ControlPlane {
                 match self.pools.allocate(&admission.groups, admission.framed_ip, preferred) {
                     Ok(a) => a,
                     Err(reason) => {
-                        self.free_peer_ids.push(peer_id);
+                        self.peer_ids.give_back(peer_id);
                         return Err(refuse(self, "pool_exhausted", reason));
                     }
                 }
@@ -731,7 +732,7 @@ impl ControlPlane {
             self.address_owner.remove(&address);
             self.pools.release(address);
         }
-        self.free_peer_ids.push(peer_id);
+        self.peer_ids.give_back(peer_id);
     }
 
     /// One log line with sessions, traffic and drops by reason (on SIGUSR2 and at exit).
