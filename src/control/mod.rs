@@ -287,10 +287,19 @@ impl ControlPlane {
             ControlEvent::IkeEap { handle, peer, identity, message } => {
                 self.relay_ike_eap(handle, peer, identity, message)
             }
+            ControlEvent::ClientMoved { handle, peer_id, peer } => self.client_moved(handle, peer_id, peer),
             ControlEvent::Closed { handle, peer, peer_id, address, traffic, reason } => {
                 self.closed(handle, peer, peer_id, address, traffic, reason)
             }
         }
+    }
+
+    /// A client's session followed it to a new address (the sessions list and RADIUS
+    /// accounting show that one from now on).
+    fn client_moved(&mut self, handle: LocalHandle, peer_id: u32, peer: SocketAddr) {
+        let Some(rec) = self.sessions.get_mut(&peer_id).filter(|r| r.handle == handle) else { return };
+        info!(user = %rec.user, old_peer = %rec.peer, new_peer = %peer, transport = rec.transport, "client moved to a new address");
+        rec.peer = peer;
     }
 
     fn on_tick(&mut self) {

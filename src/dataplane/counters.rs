@@ -106,6 +106,11 @@ pub struct WorkerCounters {
     /// Completions processed per ring wait, summed (with `batches`, the mean batch).
     pub completions: AtomicU64,
     pub batches: AtomicU64,
+    /// OpenVPN sessions over UDP moved to their client's new address (by their owner).
+    pub openvpn_floats: AtomicU64,
+    /// Client datagrams handed to the worker owning their session (the SO_REUSEPORT
+    /// steering did not bring them there).
+    pub datagram_handoffs: AtomicU64,
 }
 
 impl WorkerCounters {
