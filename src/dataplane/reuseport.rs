@@ -30,11 +30,12 @@
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use libc::sock_filter;
+use tracing::warn;
 
-use super::UdpRole;
+use super::{UdpRole, WorkerIo};
 
 /// Past every group's last socket: the kernel picks by its hash.
 pub const NO_PREFERENCE: u32 = u32::MAX;
@@ -56,6 +57,21 @@ pub fn program_for(role: UdpRole, workers: usize) -> Vec<sock_filter> {
         UdpRole::OpenVpn => openvpn_program(workers),
         UdpRole::Ike(_) => ike_program(false),
         UdpRole::NatT(_) => ike_program(true),
+    }
+}
+
+/// Attaches the steering programs to every UDP group (through worker 0's sockets, after
+/// every worker's are bound: a program attached before a socket joins its group is lost).
+/// A kernel that refuses leaves that group to its hash, which the workers cope with.
+pub fn steer_to_owners(io: &[WorkerIo]) {
+    let Some(first) = io.first() else { return };
+    if io.len() < 2 {
+        return;
+    }
+    for (socket, role) in first.udp.iter().zip(&first.udp_roles) {
+        if let Err(e) = attach(socket.as_raw_fd(), &program_for(*role, io.len())) {
+            warn!(?role, error = %e, "cannot steer datagrams to their session's worker; the kernel's hash spreads them");
+        }
     }
 }
 
@@ -206,7 +222,6 @@ mod tests {
     use crate::proto::ike::Responder;
     use crate::testing::XorShift;
     use std::net::{SocketAddr, UdpSocket};
-    use std::os::fd::AsRawFd;
 
     const WORKERS: usize = 4;
 
