@@ -109,8 +109,10 @@ pub struct WorkerCounters {
     /// OpenVPN sessions over UDP moved to their client's new address (by their owner).
     pub openvpn_floats: AtomicU64,
     /// Client datagrams handed to the worker owning their session (the SO_REUSEPORT
-    /// steering did not bring them there).
+    /// steering did not bring them there), and IKE messages passed to the worker owning
+    /// their SA by mailbox.
     pub datagram_handoffs: AtomicU64,
+    pub ike_mailbox_passes: AtomicU64,
 }
 
 impl WorkerCounters {
