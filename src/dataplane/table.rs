@@ -79,7 +79,7 @@ pub struct EspOutbound {
 }
 
 /// The receiving half of a CHILD SA. Its replay window needs exclusive access: the
-/// kernel's SO_REUSEPORT hash brings one client's datagrams to one worker, so the lock
+/// SO_REUSEPORT steering brings an SA's packets to one worker (by its SPI), so the lock
 /// is uncontended.
 pub struct EspInbound {
     pub session: Arc<SessionShared>,
