@@ -17,7 +17,7 @@ use crate::control::{ControlPlane, tls};
 use crate::dataplane::counters::WorkerCounters;
 use crate::dataplane::steering::TunSteering;
 use crate::dataplane::table::SessionTable;
-use crate::dataplane::{Dataplane, Inbox, Settings, Shared, UdpRole, WorkerIo, sys, tun};
+use crate::dataplane::{Dataplane, Inbox, Settings, Shared, UdpRole, WorkerIo, reuseport, sys, tun};
 use crate::pki::{KeyAlgorithm, Pki, ServerIdentity, TrustStore};
 use crate::pool::AddressPool;
 use crate::proto::openvpn::keys::Role;
@@ -125,6 +125,7 @@ pub fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
         }
         io.push(WorkerIo { udp, udp_roles, tcp, tun, tun_offload, udp_gso: config.dataplane.offload, ike });
     }
+    reuseport::steer_to_owners(&io);
     let (to_control, events) = tokio::sync::mpsc::unbounded_channel();
     let inboxes = (0..workers).map(|_| Inbox::new().map(Arc::new)).collect::<std::io::Result<Vec<_>>>()?;
     // Twice the pool: a reconnecting client holds a second peer-id while its old session

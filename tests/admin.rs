@@ -74,7 +74,7 @@ fn sessions_are_listed_disconnected_and_revoked_at_once() {
     assert!(session_of(&gw.sessions(), "alice").is_none());
     let err = cli_fails(&gw, &["disconnect", &id]);
     assert!(err.contains(&format!("no session {id}")), "{err}");
-    let metrics = metrics_text(&gw);
+    let metrics = gw.metrics();
     assert!(metrics.contains("p2sgw_pool_addresses{state=\"in_use\"} 1"), "alice's address is free: {metrics}");
 
     // Revoke bob by thumbprint: his live session is cut within 2 s.
@@ -86,17 +86,6 @@ fn sessions_are_listed_disconnected_and_revoked_at_once() {
     eprintln!("revocation cut the session in {:?}", started.elapsed());
     let bob_again = OpenVpnClient::start(topo.client(1), &bob_udp_profile, &[]);
     bob_again.wait_failed("TLS Error", CONNECT).expect("a revoked certificate is refused");
-}
-
-/// The metrics scrape through the admin socket (the CLI has no verb for it).
-fn metrics_text(gw: &Gateway) -> String {
-    let socket = gw.state_dir.join("admin.sock");
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", "--unix-socket", path(&socket), "http://p2sgw/metrics"])
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "metrics scrape: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("UTF-8 metrics")
 }
 
 #[test]
@@ -118,7 +107,7 @@ fn metrics_parse_and_the_https_api_demands_its_token() {
     assert!(p.all_received(), "{}", p.output);
 
     // Parsed by the Prometheus project's own OpenMetrics parser (Debian's python3-prometheus-client).
-    let text = metrics_text(&gw);
+    let text = gw.metrics();
     let parsed = Command::new("/usr/bin/python3")
         .args([
             "-c",

@@ -15,15 +15,25 @@ use common::*;
 /// The connection and CHILD SA name in the gateway's strongSwan profile.
 const PACKAGE_CONNECTION: &str = "p2sgw";
 
+/// A gateway with IKEv2 and two workers (a client's IKE and ESP steered to the one that
+/// owns its SA; see `assert_steered`).
 fn ikev2_gateway(topo: &Topology, pki_key: &'static str, extra: &str) -> Gateway {
     Gateway::start(
         topo,
         GatewayOptions {
             pki_key,
-            extra: format!("[ikev2]\nenabled = true\ndpd_secs = 2\n\n{extra}"),
+            extra: format!("[dataplane]\nworkers = 2\n\n[ikev2]\nenabled = true\ndpd_secs = 2\n\n{extra}"),
             ..Default::default()
         },
     )
+}
+
+/// No IKE message had to be passed to its SA's worker by mailbox: the SO_REUSEPORT
+/// programs brought every one there (an IKE_SA_INIT request, whose responder SPI is not
+/// chosen yet, goes where the kernel's hash puts it, and that worker becomes the owner).
+fn assert_steered(gw: &Gateway) {
+    let metrics = gw.metrics();
+    assert_eq!(metric_sum(&metrics, "p2sgw_worker_ike_mailbox_passes_total"), 0, "{metrics}");
 }
 
 /// Issues `name` and starts a charon in client namespace `k` loaded with the strongSwan
@@ -105,6 +115,7 @@ fn certificate_client_reaches_the_vnet(pki_key: &'static str) {
     assert_eq!(session["auth"], "certificate");
     assert_eq!(session["virtual_address"], address.to_string());
     assert!(bytes(session, "bytes_in") > 1_000_000 && bytes(session, "bytes_out") > 1_000_000, "{session}");
+    assert_steered(&gw);
 
     // The client leaves: its session ends at once and the address is free again.
     alice.terminate(PACKAGE_CONNECTION).unwrap();
@@ -180,6 +191,7 @@ fn child_and_ike_sas_rekey_under_traffic() {
     let sessions = gw.sessions();
     assert_eq!(sessions.len(), 1, "still one session: {sessions:?}");
     assert!(ping_vnet(&topo, 0));
+    assert_steered(&gw);
 }
 
 #[test]

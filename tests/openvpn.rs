@@ -359,3 +359,56 @@ fn after_stopping_the_gateway_its_ports_are_free_at_once() {
         .wait_for_log("Connection reset command was pushed by server", Duration::from_secs(5))
         .expect("told to restart");
 }
+
+/// A client behind a NAT whose public address changes mid-session (as from Wi-Fi to LTE)
+/// keeps its session on a two-worker gateway: the first authentic data packet from the
+/// new address moves the session there (OpenVPN's float), pings keep flowing, and the
+/// steering by peer-id brought every data packet to the session's worker. A renegotiation
+/// afterwards works too, though its control packets from the new address may reach the
+/// other worker (which hands them over).
+#[test]
+fn a_client_whose_nat_address_changes_keeps_its_session() {
+    let topo = Topology::new(1);
+    let lan = topo.behind_nat(0);
+    let gw = Gateway::start(&topo, GatewayOptions { extra: "[dataplane]\nworkers = 2\n".into(), ..Default::default() });
+    gw.issue("alice");
+    let client = OpenVpnClient::start(&lan, &gw.profile("alice", "udp"), &["--reneg-sec", "25"]);
+    client.wait_connected(CONNECT).unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+    let connected = Instant::now();
+    let before = session_of(&gw.sessions(), "alice").cloned().expect("alice's session");
+    let home = topo.client_addr_for(0);
+    assert!(before["public_address"].as_str().unwrap().starts_with(&format!("{home}:")), "{before}");
+
+    let pinger = lan.spawn(&["ping", "-c", "40", "-i", "0.2", VNET_HOST_ADDR], "ping");
+    std::thread::sleep(Duration::from_secs(2));
+    // The router's public address changes; the NAT mappings through the old one go with it.
+    let router = topo.client(0);
+    let roamed = "192.168.100.3";
+    router.ip(&["addr", "add", &format!("{roamed}/24"), "dev", CLIENT_IFNAME]);
+    router.ip(&["addr", "del", &format!("{home}/24"), "dev", CLIENT_IFNAME]);
+    pinger.wait_exit(Duration::from_secs(30)).expect("ping finishes");
+    let across = parse_ping_summary(&pinger.log_text());
+    assert!(across.sent == 40 && across.received + 2 >= across.sent, "pings across the move: {}", across.output);
+
+    let after = session_of(&gw.sessions(), "alice").cloned().expect("alice's session after the move");
+    assert_eq!((&after["id"], &after["virtual_address"]), (&before["id"], &before["virtual_address"]), "{after}");
+    assert!(after["public_address"].as_str().unwrap().starts_with(&format!("{roamed}:")), "{after}");
+    let moved = format!("new_peer={roamed}:");
+    gw.wait_for_line(&["client moved to a new address", "user=alice", &moved], Duration::from_secs(1)).unwrap();
+    assert_eq!(gw.log().matches("client moved to a new address").count(), 1, "logged once");
+    let metrics = gw.metrics();
+    assert_eq!(metric_sum(&metrics, "p2sgw_worker_openvpn_floats_total"), 1, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "p2sgw_worker_datagram_handoffs_total"), 0, "data steered to its worker");
+
+    // The client renegotiates 25 s after connecting, from the new address.
+    let renegotiated = || client.log_text().matches("Outgoing Data Channel: Cipher").count() >= 2;
+    let deadline = Duration::from_secs(25 + 20).saturating_sub(connected.elapsed());
+    assert!(wait_until(deadline, Duration::from_millis(200), renegotiated), "{}", client.log_text());
+    let p = ping(&lan, VNET_HOST_ADDR, 5, Duration::from_millis(200));
+    assert!(p.all_received(), "after the renegotiation: {}", p.output);
+    let log = client.log_text();
+    assert_eq!(log.matches(OPENVPN_CONNECTED_MARKER).count(), 1, "never reconnected:\n{log}");
+    assert_eq!(session_of(&gw.sessions(), "alice").map(|s| s["id"].clone()), Some(before["id"].clone()));
+    let handed = metric_sum(&gw.metrics(), "p2sgw_worker_datagram_handoffs_total");
+    eprintln!("ping loss {:.1}% across the move; {handed} control packets handed over", across.loss_pct);
+}

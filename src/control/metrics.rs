@@ -187,7 +187,20 @@ pub fn render(plane: &ControlPlane) -> String {
             &w.udp_recv_ring_empty
         }),
     ];
-    for (name, help, counter) in offload_counters {
+    // Steering to the session's owner: handoffs and mailbox passes stay near 0 while the
+    // SO_REUSEPORT programs steer (dataplane/reuseport.rs).
+    let steering_counters: [(&str, &str, WorkerCounter); 3] = [
+        ("worker_openvpn_floats", "OpenVPN sessions a worker moved to their client's new address", |w| {
+            &w.openvpn_floats
+        }),
+        ("worker_datagram_handoffs", "Client datagrams a worker handed to the worker owning their session", |w| {
+            &w.datagram_handoffs
+        }),
+        ("worker_ike_mailbox_passes", "IKE messages a worker passed to the worker owning their SA", |w| {
+            &w.ike_mailbox_passes
+        }),
+    ];
+    for (name, help, counter) in offload_counters.into_iter().chain(steering_counters) {
         let family = Family::<Labels, Counter>::default();
         for (index, w) in workers.iter().enumerate() {
             family.get_or_create(&vec![("worker", index.to_string())]).inc_by(counter(w).load(Ordering::Relaxed));

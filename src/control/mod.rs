@@ -14,6 +14,7 @@ pub mod auth;
 pub mod ike;
 mod leases;
 mod metrics;
+mod peer_ids;
 pub mod pools;
 pub mod radius;
 mod sstp;
@@ -148,7 +149,7 @@ pub struct ControlPlane {
     trust: TrustStore,
     trust_stamp: SourceStamp,
     pools: Pools,
-    free_peer_ids: Vec<u32>,
+    peer_ids: peer_ids::PeerIds,
     sessions: HashMap<u32, SessionRecord>,
     by_thumbprint: HashMap<Thumbprint, u32>,
     /// Peer-ids of sessions told to close, freed when their worker confirms.
@@ -199,7 +200,7 @@ impl ControlPlane {
         let local_users = sstp::LocalUsers::load(&config)?;
         Ok(ControlPlane {
             trust_stamp: TrustStore::stamp(&config),
-            free_peer_ids: (0..capacity).rev().collect(),
+            peer_ids: peer_ids::PeerIds::new(capacity, shared.inboxes.len()),
             pools: Pools::new(config.network.pool, &config.group_pools()),
             config,
             config_path,
@@ -286,10 +287,19 @@ impl ControlPlane {
             ControlEvent::IkeEap { handle, peer, identity, message } => {
                 self.relay_ike_eap(handle, peer, identity, message)
             }
+            ControlEvent::ClientMoved { handle, peer_id, peer } => self.client_moved(handle, peer_id, peer),
             ControlEvent::Closed { handle, peer, peer_id, address, traffic, reason } => {
                 self.closed(handle, peer, peer_id, address, traffic, reason)
             }
         }
+    }
+
+    /// A client's session followed it to a new address (the sessions list and RADIUS
+    /// accounting show that one from now on).
+    fn client_moved(&mut self, handle: LocalHandle, peer_id: u32, peer: SocketAddr) {
+        let Some(rec) = self.sessions.get_mut(&peer_id).filter(|r| r.handle == handle) else { return };
+        info!(user = %rec.user, old_peer = %rec.peer, new_peer = %peer, transport = rec.transport, "client moved to a new address");
+        rec.peer = peer;
     }
 
     fn on_tick(&mut self) {
@@ -537,7 +547,7 @@ impl ControlPlane {
             warn!(%peer, transport, user = %admission.user, reason, "authentication refused");
             reason.to_string()
         };
-        let Some(peer_id) = self.free_peer_ids.pop() else {
+        let Some(peer_id) = self.peer_ids.take(handle.worker) else {
             return Err(refuse(self, "no_slot", "the gateway has no free session slot"));
         };
         let thumbprint = certificate.as_ref().map(|(_, id)| id.thumbprint);
@@ -554,7 +564,7 @@ impl ControlPlane {
                 match self.pools.allocate(&admission.groups, admission.framed_ip, preferred) {
                     Ok(a) => a,
                     Err(reason) => {
-                        self.free_peer_ids.push(peer_id);
+                        self.peer_ids.give_back(peer_id);
                         return Err(refuse(self, "pool_exhausted", reason));
                     }
                 }
@@ -731,7 +741,7 @@ impl ControlPlane {
             self.address_owner.remove(&address);
             self.pools.release(address);
         }
-        self.free_peer_ids.push(peer_id);
+        self.peer_ids.give_back(peer_id);
     }
 
     /// One log line with sessions, traffic and drops by reason (on SIGUSR2 and at exit).

@@ -106,6 +106,13 @@ pub struct WorkerCounters {
     /// Completions processed per ring wait, summed (with `batches`, the mean batch).
     pub completions: AtomicU64,
     pub batches: AtomicU64,
+    /// OpenVPN sessions over UDP moved to their client's new address (by their owner).
+    pub openvpn_floats: AtomicU64,
+    /// Client datagrams handed to the worker owning their session (the SO_REUSEPORT
+    /// steering did not bring them there), and IKE messages passed to the worker owning
+    /// their SA by mailbox.
+    pub datagram_handoffs: AtomicU64,
+    pub ike_mailbox_passes: AtomicU64,
 }
 
 impl WorkerCounters {

@@ -9,6 +9,7 @@ pub mod gro;
 pub mod gso;
 pub mod offload;
 pub mod recv_ring;
+pub mod reuseport;
 pub mod sstp;
 pub mod steering;
 pub mod sys;
@@ -17,7 +18,7 @@ pub mod tcp;
 pub mod tun;
 mod worker;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -89,6 +90,8 @@ pub enum ControlEvent {
     /// An EAP message from an IKEv2 client, for RADIUS; answer with
     /// [`WorkerCommand::IkeEapReply`].
     IkeEap { handle: LocalHandle, peer: SocketAddr, identity: String, message: Vec<u8> },
+    /// An OpenVPN client over UDP moved to a new address (a data packet from there opened).
+    ClientMoved { handle: LocalHandle, peer_id: u32, peer: SocketAddr },
     /// A session ended. `peer_id`/`address`/`traffic` are set when it held a grant.
     Closed {
         handle: LocalHandle,
@@ -153,11 +156,20 @@ pub struct SstpGrant {
     pub network: NetworkConfig,
 }
 
-/// A packet from the TUN for a session owned by another worker (TCP sessions).
+/// A packet for a session owned by another worker.
 pub struct Handoff {
-    pub peer_id: u32,
+    pub what: Handed,
     pub len: u16,
     pub data: [u8; buffers::BUF_SIZE],
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Handed {
+    /// From the TUN, for the TCP or SSTP session with this peer-id.
+    TunPacket { peer_id: u32 },
+    /// A client's datagram that reached another worker's socket for listen address
+    /// `listener` (as `Transport::Udp`).
+    Datagram { listener: usize, peer: SocketAddr, local: Option<IpAddr> },
 }
 
 /// A worker's mailbox: commands, handed-off packets, and the eventfd that wakes it.
@@ -175,7 +187,8 @@ impl Inbox {
     pub fn new() -> std::io::Result<Self> {
         let spare = ArrayQueue::new(HANDOFF_QUEUE);
         for _ in 0..HANDOFF_QUEUE {
-            let _ = spare.push(Box::new(Handoff { peer_id: 0, len: 0, data: [0; buffers::BUF_SIZE] }));
+            let handoff = Handoff { what: Handed::TunPacket { peer_id: 0 }, len: 0, data: [0; buffers::BUF_SIZE] };
+            let _ = spare.push(Box::new(handoff));
         }
         Ok(Inbox { commands: SegQueue::new(), packets: ArrayQueue::new(HANDOFF_QUEUE), spare, wake: sys::eventfd()? })
     }
@@ -185,10 +198,26 @@ impl Inbox {
         sys::eventfd_signal(self.wake.as_raw_fd());
     }
 
-    /// Queues a packet for this worker.
+    /// Queues a packet from the TUN for the TCP or SSTP session `peer_id` of this worker.
     pub fn hand_off(&self, peer_id: u32, packet: &[u8]) -> HandOff {
+        self.queue(Handed::TunPacket { peer_id }, packet)
+    }
+
+    /// Queues a client's datagram another worker's socket received (on listen address
+    /// `listener`, from `peer`, to local address `local`) for this worker's session.
+    pub fn hand_off_datagram(
+        &self,
+        listener: usize,
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+        packet: &[u8],
+    ) -> HandOff {
+        self.queue(Handed::Datagram { listener, peer, local }, packet)
+    }
+
+    fn queue(&self, what: Handed, packet: &[u8]) -> HandOff {
         let Some(mut h) = self.spare.pop() else { return HandOff::Full };
-        h.peer_id = peer_id;
+        h.what = what;
         h.len = packet.len() as u16;
         h.data[..packet.len()].copy_from_slice(packet);
         match self.packets.push(h) {

@@ -13,6 +13,10 @@
 //! The paths above remain for packets it cannot steer (no CAP_BPF, or read before
 //! their session's map entry was written).
 //!
+//! An OpenVPN client over UDP whose address changes (NAT rebinding, another network)
+//! moves its session there ("float") once a data packet from the new address opens: the
+//! owner swaps the session's transport, which the other workers read at each packet.
+//!
 //! IKEv2 sessions send ESP like UDP ones (any worker seals with the session's outbound SA,
 //! whose sequence counter is atomic). Their inbound SAs are found by SPI, by whichever
 //! worker the client's ESP reaches.
@@ -75,7 +79,7 @@ pub struct EspOutbound {
 }
 
 /// The receiving half of a CHILD SA. Its replay window needs exclusive access: the
-/// kernel's SO_REUSEPORT hash brings one client's datagrams to one worker, so the lock
+/// SO_REUSEPORT steering brings an SA's packets to one worker (by its SPI), so the lock
 /// is uncontended.
 pub struct EspInbound {
     pub session: Arc<SessionShared>,
@@ -136,7 +140,8 @@ pub struct SessionShared {
     pub peer_id: u32,
     pub address: Ipv4Addr,
     pub owner: usize,
-    pub transport: Transport,
+    /// Replaced (by the owner) when an OpenVPN client over UDP floats to a new address.
+    pub transport: ArcSwap<Transport>,
     /// Whether the client takes P_DATA_V2 (with the peer-id) or P_DATA_V1.
     pub data_v2: bool,
     pub keys: ArcSwap<KeySet>,
@@ -151,7 +156,7 @@ impl SessionShared {
             peer_id,
             address,
             owner,
-            transport,
+            transport: ArcSwap::from_pointee(transport),
             data_v2,
             keys: ArcSwap::from_pointee(KeySet::default()),
             esp: ArcSwapOption::empty(),
@@ -166,6 +171,10 @@ pub struct SessionTable {
     by_inbound_spi: papaya::HashMap<u32, Arc<EspInbound>>,
     /// The TUN steering map, told the owner of each address as sessions come and go.
     steering: Option<TunSteering>,
+    /// Addresses OpenVPN clients floated to (listen address index, client address), and
+    /// the worker serving them: the kernel's hash may bring their control packets to
+    /// another worker, which passes them on.
+    floated: papaya::HashMap<(usize, SocketAddr), usize>,
 }
 
 impl SessionTable {
@@ -176,6 +185,7 @@ impl SessionTable {
             by_address: papaya::HashMap::new(),
             by_inbound_spi: papaya::HashMap::new(),
             steering: None,
+            floated: papaya::HashMap::new(),
         }
     }
 
@@ -247,6 +257,20 @@ impl SessionTable {
 
     pub fn inbound_sa(&self, spi: u32) -> Option<Arc<EspInbound>> {
         self.by_inbound_spi.pin().get(&spi).cloned()
+    }
+
+    /// The worker a client floated to `peer` on listen address `listener` is served by.
+    pub fn floated_to(&self, listener: usize, peer: SocketAddr) -> Option<usize> {
+        self.floated.pin().get(&(listener, peer)).copied()
+    }
+
+    pub fn note_float(&self, listener: usize, peer: SocketAddr, worker: usize) {
+        self.floated.pin().insert((listener, peer), worker);
+    }
+
+    /// Forgets a floated address, if `worker` is the one serving it.
+    pub fn forget_float(&self, listener: usize, peer: SocketAddr, worker: usize) {
+        let _ = self.floated.pin().remove_if(&(listener, peer), |_, w| *w == worker);
     }
 
     pub fn len(&self) -> usize {
@@ -321,5 +345,18 @@ mod tests {
         assert!(Arc::ptr_eq(t.address_guard().get(&Ipv4Addr::new(172, 16, 201, 2)).unwrap(), &new));
         assert!(t.by_peer_id(3).is_none());
         assert!(Arc::ptr_eq(&t.by_peer_id(4).unwrap(), &new));
+    }
+
+    #[test]
+    fn a_floated_address_names_its_worker_until_that_worker_forgets_it() {
+        let t = SessionTable::new(4);
+        let roamed: SocketAddr = "198.51.100.7:5000".parse().unwrap();
+        t.note_float(0, roamed, 1);
+        assert_eq!(t.floated_to(0, roamed), Some(1));
+        assert_eq!(t.floated_to(1, roamed), None, "per listen address");
+        t.forget_float(0, roamed, 0);
+        assert_eq!(t.floated_to(0, roamed), Some(1), "only the worker serving it forgets it");
+        t.forget_float(0, roamed, 1);
+        assert_eq!(t.floated_to(0, roamed), None);
     }
 }

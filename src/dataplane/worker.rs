@@ -6,6 +6,8 @@
 //! socket sends as new submissions) before the next single `io_uring_enter`, which both
 //! submits everything and waits for the next batch.
 
+#[cfg(test)]
+mod float_tests;
 mod ike;
 
 use std::cmp::Reverse;
@@ -29,7 +31,8 @@ use super::sstp::{EapProgress, SstpConn, TLS_HANDSHAKE_RECORD};
 use super::table::{KeySet, SessionShared, Transport};
 use super::tcp::{Frame, MAX_QUEUED_OUTPUT, Stream, TcpConn};
 use super::{
-    ControlEvent, HandOff, Inbox, LocalHandle, SessionKind, Shared, SstpGrant, UdpRole, WorkerCommand, WorkerIo, sys,
+    ControlEvent, HandOff, Handed, Inbox, LocalHandle, SessionKind, Shared, SstpGrant, UdpRole, WorkerCommand,
+    WorkerIo, sys,
 };
 use crate::crypto::ReplayWindow;
 use crate::proto::openvpn::acceptor::{Accepted, Acceptor};
@@ -744,9 +747,107 @@ impl Worker {
     }
 
     fn on_udp(&mut self, now: Instant, link: Link, b: BufId, len: usize) {
+        self.on_client_datagram(now, link, b, len, false);
+    }
+
+    /// A datagram from an OpenVPN client over UDP; `handed`: by the worker whose socket
+    /// received it (it is not passed on again).
+    fn on_client_datagram(&mut self, now: Instant, link: Link, b: BufId, len: usize, handed: bool) {
         let Link::Udp { listener, peer, .. } = link else { return };
-        let slot = self.by_addr.get(&(listener, peer)).copied();
-        self.on_packet(now, link, slot, b, len);
+        if let Some(slot) = self.by_addr.get(&(listener, peer)).copied() {
+            self.on_packet(now, link, Some(slot), b, len);
+            return;
+        }
+        let first = self.bufs.get(b)[..len].first().copied();
+        if first.is_some_and(|f| f >> 3 == Opcode::DataV2 as u8) {
+            self.on_unplaced_data(now, link, b, len, handed);
+            return;
+        }
+        // A control packet of a client that floated: the kernel's hash does not know.
+        if !handed && let Some(owner) = self.shared.table.floated_to(listener, peer).filter(|&w| w != self.index) {
+            self.hand_datagram(owner, link, b, len);
+            return;
+        }
+        self.on_packet(now, link, None, b, len);
+    }
+
+    /// P_DATA_V2 from an address where this worker has no session: its peer-id names
+    /// the session. Another worker's goes to that worker; one of this worker's floats to
+    /// the new address if the packet opens with its keys (authentic and not replayed).
+    fn on_unplaced_data(&mut self, now: Instant, link: Link, b: BufId, len: usize, handed: bool) {
+        let Link::Udp { listener, .. } = link else { return };
+        let Ok(header) = DataHeader::parse(&self.bufs.get(b)[..len]) else {
+            self.bufs.release(b);
+            self.count_drop(DropReason::Malformed);
+            return;
+        };
+        // TCP sessions, and sessions on other listen addresses, never float.
+        let session = header
+            .peer_id
+            .and_then(|id| self.shared.table.by_peer_id(id))
+            .filter(|s| matches!(**s.transport.load(), Transport::Udp { listener: l, .. } if l == listener));
+        let Some(session) = session else {
+            self.bufs.release(b);
+            self.count_drop(DropReason::UnknownSession);
+            return;
+        };
+        if session.owner != self.index {
+            if handed {
+                self.bufs.release(b);
+                self.count_drop(DropReason::UnknownSession);
+            } else {
+                self.hand_datagram(session.owner, link, b, len);
+            }
+            return;
+        }
+        let Some(slot) = self.by_peer.get(&session.peer_id).copied() else {
+            self.bufs.release(b);
+            self.count_drop(DropReason::UnknownSession);
+            return;
+        };
+        let verdict = self.open_data(slot, b, len);
+        if verdict.is_ok() {
+            self.float(slot, link);
+        }
+        self.deliver_data(now, slot, b, verdict);
+    }
+
+    /// Moves a session over UDP to the client's new address `to`: this worker's maps, the
+    /// link it sends on, the transport other workers seal towards, and the control plane.
+    fn float(&mut self, slot: u32, to: Link) {
+        let Link::Udp { listener, peer, local } = to else { return };
+        let index = self.index;
+        let Some(l) = self.local_mut(slot) else { return };
+        let Link::Udp { peer: old, .. } = l.link else { return };
+        l.link = to;
+        l.peer = peer;
+        let handle = LocalHandle { worker: index, kind: SessionKind::OpenVpn, slot, generation: l.generation };
+        let session = l.shared.clone();
+        if self.by_addr.get(&(listener, old)) == Some(&slot) {
+            self.by_addr.remove(&(listener, old));
+            self.shared.table.forget_float(listener, old, index);
+        }
+        self.by_addr.insert((listener, peer), slot);
+        self.shared.table.note_float(listener, peer, index);
+        if let Some(s) = session {
+            s.transport.store(Arc::new(Transport::Udp { listener, peer, local }));
+            let _ = self.shared.to_control.send(ControlEvent::ClientMoved { handle, peer_id: s.peer_id, peer });
+        }
+        self.counters().openvpn_floats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Passes a client's datagram to the worker that owns its session.
+    fn hand_datagram(&mut self, owner: usize, link: Link, b: BufId, len: usize) {
+        let Link::Udp { listener, peer, local } = link else { return };
+        let packet = &self.bufs.get(b)[..len];
+        let handed = self.shared.inboxes.get(owner).map(|inbox| inbox.hand_off_datagram(listener, peer, local, packet));
+        self.bufs.release(b);
+        match handed {
+            Some(HandOff::Queued { .. }) => {
+                self.counters().datagram_handoffs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(HandOff::Full) | None => self.count_drop(DropReason::Overload),
+        }
     }
 
     /// A whole OpenVPN packet from a client in `bufs[b][..len]` (the buffer is consumed).
@@ -774,6 +875,11 @@ impl Worker {
 
     fn on_data(&mut self, now: Instant, slot: u32, b: BufId, len: usize) {
         let verdict = self.open_data(slot, b, len);
+        self.deliver_data(now, slot, b, verdict);
+    }
+
+    /// Acts on an opened data packet in `bufs[b]` (the buffer is consumed).
+    fn deliver_data(&mut self, now: Instant, slot: u32, b: BufId, verdict: Result<DataVerdict, DropReason>) {
         match verdict {
             Ok(DataVerdict::ToTun { start, end, key_id }) => {
                 self.write_tun(b, start, end);
@@ -901,7 +1007,8 @@ impl Worker {
             self.count_drop(DropReason::NoRoute);
             return;
         };
-        match session.transport {
+        let transport = **session.transport.load();
+        match transport {
             Transport::Udp { listener, peer, local } => match self.seal_into(session, b, len) {
                 Ok((start, end)) => {
                     self.send_udp_data(Destination { listener, peer, local }, Datagram { id: b, start, end });
@@ -922,7 +1029,7 @@ impl Worker {
             Transport::Tcp { .. } | Transport::Sstp { .. } => {
                 if session.owner == self.index {
                     let peer_id = session.peer_id;
-                    if matches!(session.transport, Transport::Sstp { .. }) {
+                    if matches!(transport, Transport::Sstp { .. }) {
                         let sent = send_sstp_data(
                             &mut self.conns,
                             &self.sstp_by_peer,
@@ -1277,6 +1384,7 @@ impl Worker {
             Link::Udp { listener, peer, .. } => {
                 if self.by_addr.get(&(listener, peer)) == Some(&slot) {
                     self.by_addr.remove(&(listener, peer));
+                    self.shared.table.forget_float(listener, peer, self.index);
                 }
             }
             Link::Tcp { conn } => self.close_conn(conn),
@@ -1338,17 +1446,27 @@ impl Worker {
             }
         }
         while let Some(h) = self.inbox.next_packet() {
-            if self.sstp_by_peer.contains_key(&h.peer_id) {
-                let len = h.len as usize;
-                let sent =
-                    send_sstp_data(&mut self.conns, &self.sstp_by_peer, h.peer_id, self.now_secs, &h.data[..len]);
-                self.after_sstp_send(sent, len);
-            } else if let Some(b) = self.bufs.alloc() {
-                let len = h.len as usize;
-                self.bufs.get_mut(b)[HEADROOM..HEADROOM + len].copy_from_slice(&h.data[..len]);
-                self.send_tcp_data(h.peer_id, b, len);
-            } else {
-                self.count_drop(DropReason::Overload);
+            let len = h.len as usize;
+            match h.what {
+                Handed::Datagram { listener, peer, local } => match self.bufs.alloc() {
+                    Some(b) => {
+                        self.bufs.get_mut(b)[..len].copy_from_slice(&h.data[..len]);
+                        self.on_client_datagram(now, Link::Udp { listener, peer, local }, b, len, true);
+                    }
+                    None => self.count_drop(DropReason::Overload),
+                },
+                Handed::TunPacket { peer_id } if self.sstp_by_peer.contains_key(&peer_id) => {
+                    let sent =
+                        send_sstp_data(&mut self.conns, &self.sstp_by_peer, peer_id, self.now_secs, &h.data[..len]);
+                    self.after_sstp_send(sent, len);
+                }
+                Handed::TunPacket { peer_id } => match self.bufs.alloc() {
+                    Some(b) => {
+                        self.bufs.get_mut(b)[HEADROOM..HEADROOM + len].copy_from_slice(&h.data[..len]);
+                        self.send_tcp_data(peer_id, b, len);
+                    }
+                    None => self.count_drop(DropReason::Overload),
+                },
             }
             self.inbox.recycle(h);
         }

@@ -145,6 +145,17 @@ reneg_secs = {reneg}
         self.process.log_text()
     }
 
+    /// The metrics scrape through the admin socket (the CLI has no verb for it).
+    pub fn metrics(&self) -> String {
+        let socket = self.state_dir.join("admin.sock");
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--unix-socket", path(&socket), "http://p2sgw/metrics"])
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "metrics scrape: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("UTF-8 metrics")
+    }
+
     /// Waits for a line of the gateway log that contains every one of `parts`.
     pub fn wait_for_line(&self, parts: &[&str], timeout: Duration) -> Result<(), String> {
         let what = parts.join(" … ");
@@ -152,6 +163,18 @@ reneg_secs = {reneg}
             log.lines().any(|l| parts.iter().all(|p| l.contains(p))).then_some(Ok(()))
         })
     }
+}
+
+/// A metric of a scrape from [`Gateway::metrics`], summed over its labels (e.g. over
+/// workers): `name` as written in the scrape (counters end in `_total`).
+pub fn metric_sum(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key.split('{').next() == Some(name)).then(|| value.parse::<u64>().ok()).flatten()
+        })
+        .sum()
 }
 
 /// The session of `user` in a list from [`Gateway::sessions`].

@@ -19,7 +19,7 @@ pub mod strongswan;
 mod tools;
 mod topology;
 
-pub use gateway::{GATEWAY_NAME, Gateway, GatewayOptions, P2SGW, p2sgw, path, pushed_address, session_of};
+pub use gateway::{GATEWAY_NAME, Gateway, GatewayOptions, P2SGW, metric_sum, p2sgw, path, pushed_address, session_of};
 pub use netns::{Netns, TestDir, harness_prefix_for, sweep_leftovers};
 pub use oidc::{
     DISCOVERY_PATH, Issuer, JWKS_PATH, JwsAlg, OIDC_CERT_DNS_NAME, OIDC_DEFAULT_PORT, OidcOptions, OidcServer,

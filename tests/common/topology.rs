@@ -125,6 +125,24 @@ impl Topology {
         format!("to-c{k}")
     }
 
+    /// A namespace behind client `k`'s, which becomes its NAT router (as a home router or
+    /// a carrier's NAT): `eth0` 10.99.k.2/24 with its default route through 10.99.k.1,
+    /// masqueraded to client `k`'s address. It goes away when dropped.
+    pub fn behind_nat(&self, k: usize) -> Netns {
+        let router = self.client(k);
+        let lan = Netns::in_dir(&self.dir, &format!("lan{k}"));
+        let (router_addr, lan_addr) = (format!("10.99.{k}.1"), format!("10.99.{k}.2"));
+        connect(router, "lan", &format!("{router_addr}/24"), &lan, CLIENT_IFNAME, &format!("{lan_addr}/24"));
+        lan.ip(&["route", "add", "default", "via", &router_addr]);
+        router.sysctl("net.ipv4.ip_forward", "1");
+        // Removing the router's address keeps the others of its subnet (a new public address).
+        router.sysctl(&format!("net.ipv4.conf.{CLIENT_IFNAME}.promote_secondaries"), "1");
+        router.exec_ok(&["nft", "add table ip nat"]);
+        router.exec_ok(&["nft", "add chain ip nat postrouting { type nat hook postrouting priority 100 ; }"]);
+        router.exec_ok(&["nft", &format!("add rule ip nat postrouting oifname {CLIENT_IFNAME} masquerade")]);
+        lan
+    }
+
     /// Names of all namespaces of this topology.
     pub fn namespace_names(&self) -> Vec<String> {
         let mut names = vec![self.gw.name().to_owned(), self.vnet.name().to_owned()];

@@ -1,9 +1,10 @@
 //! IKEv2 and ESP in a worker.
 //!
 //! Every worker runs its own IKE responder, whose SPIs start with the worker's index.
-//! The kernel spreads a client's port 500 and port 4500 flows over the workers
-//! independently, so a worker that receives an IKE message for an SA another worker owns
-//! passes it there by mailbox. ESP needs no such detour: its inbound SAs are in the
+//! The SO_REUSEPORT steering programs (dataplane/reuseport.rs) bring IKE messages and ESP
+//! to the worker named by the gateway's SPI. Where that fails (no program, or sockets of
+//! a group out of worker order), a worker that receives an IKE message for an SA another
+//! worker owns passes it there by mailbox, counted. ESP needs no such detour: its inbound SAs are in the
 //! shared table by SPI and any worker opens them; outbound, any worker seals a TUN packet
 //! with the session's outbound SA and sends it from its own NAT-T socket.
 
@@ -123,7 +124,10 @@ impl Worker {
         let owner = Responder::our_spi(&data).map_or(self.index, |spi| usize::from(spi[0]));
         if owner != self.index {
             match self.shared.inboxes.get(owner) {
-                Some(inbox) => inbox.send(super::super::WorkerCommand::IkeDatagram { local, remote, data }),
+                Some(inbox) => {
+                    inbox.send(super::super::WorkerCommand::IkeDatagram { local, remote, data });
+                    self.counters().ike_mailbox_passes.fetch_add(1, Ordering::Relaxed);
+                }
                 None => self.count_drop(DropReason::UnknownSession),
             }
             return;
