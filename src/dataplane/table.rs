@@ -46,17 +46,6 @@ pub enum Transport {
     Esp { peer: SocketAddr },
 }
 
-impl Transport {
-    pub fn peer(&self) -> SocketAddr {
-        match self {
-            Transport::Udp { peer, .. }
-            | Transport::Tcp { peer }
-            | Transport::Sstp { peer }
-            | Transport::Esp { peer } => *peer,
-        }
-    }
-}
-
 /// Data-channel keys of a session: the one to send with, and those accepted on
 /// receive, by key id.
 #[derive(Default)]
