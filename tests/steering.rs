@@ -107,8 +107,10 @@ fn push_from_vnet(run: &Run) -> (Foreign, [u64; 2]) {
     args.extend(run.addresses.iter().map(String::as_str));
     assert!(run.topo.vnet().exec_ok(&args).contains("sent"));
     for address in &run.addresses {
+        // Reachability, not loss: right after the burst above a reply may be lost on a busy
+        // machine (seen once in a full suite run).
         let p = ping(run.topo.vnet(), address, 3, Duration::from_millis(100));
-        assert!(p.all_received(), "the vnet host reaches client {address}: {}", p.output);
+        assert!(p.received > 0, "the vnet host reaches client {address}: {}", p.output);
     }
     let after = metrics_text(&run.gw);
     let (f0, f1) = (foreign(&before), foreign(&after));
