@@ -24,7 +24,7 @@ use super::counters::{DropReason, WorkerCounters};
 use super::gro::{GRO_RECV_DEPTH, GroReceives, Received};
 use super::gso::{Datagram, Destination, GsoBatch, GsoSends};
 use super::offload::{Coalescer, ReadBuffers, TUN_READ_SIZE, WriteFrom, split_tun_read};
-use super::recv_ring::{self, BufRing, GRO_GROUP, GroRing, PLAIN_GROUP};
+use super::recv_ring::{self, BufRing, GRO_BUFFER, GRO_GROUP, LargeRing, PLAIN_GROUP};
 use super::sstp::{EapProgress, SstpConn, TLS_HANDSHAKE_RECORD};
 use super::table::{KeySet, SessionShared, Transport};
 use super::tcp::{Frame, MAX_QUEUED_OUTPUT, Stream, TcpConn};
@@ -210,7 +210,7 @@ fn register_buffers(ring: &IoUring, bufs: &mut BufferPool, reads: Option<&mut Re
 /// GRO ring, the others from the ring of pool buffers.
 struct Multishot {
     plain: Option<BufRing>,
-    gro: Option<GroRing>,
+    gro: Option<LargeRing>,
     msghdr: Box<libc::msghdr>,
 }
 
@@ -237,7 +237,9 @@ impl Multishot {
             .then(|| BufRing::register(&ring.submitter(), ring_of(plain_sockets, UDP_RECV_DEPTH), PLAIN_GROUP))
             .transpose()?;
         let gro = (gro_sockets > 0)
-            .then(|| GroRing::register(&ring.submitter(), ring_of(gro_sockets, GRO_RECV_DEPTH)))
+            .then(|| {
+                LargeRing::register(&ring.submitter(), GRO_GROUP, ring_of(gro_sockets, GRO_RECV_DEPTH), GRO_BUFFER)
+            })
             .transpose()?;
         Ok(Multishot { plain, gro, msghdr: Box::new(recv_ring::multishot_msghdr()) })
     }
@@ -551,7 +553,7 @@ impl Worker {
         }
         for (listener, armed) in udp_armed.iter_mut().enumerate() {
             let (group, ring_of_buffers) = if udp_gro[listener] {
-                (GRO_GROUP, m.gro.as_mut().map(GroRing::ring))
+                (GRO_GROUP, m.gro.as_mut().map(LargeRing::ring))
             } else {
                 (PLAIN_GROUP, m.plain.as_mut())
             };
