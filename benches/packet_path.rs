@@ -3,8 +3,9 @@
 //! clients, by SPI for ESP packets) in a table of 10,000 sessions. Before timing anything
 //! it checks, with a counting allocator, that sealing, opening and looking up allocate
 //! nothing, and neither do multishot receives over loopback into a ring of pool buffers
-//! (parsed, released and handed back to the ring). Header parsing is timed in
-//! benches/codec.rs.
+//! (parsed, released and handed back to the ring), nor multishot reads from a TUN device
+//! (in a network namespace of their own) into its ring of pool buffers or, with offloads,
+//! of large buffers cut into pool buffers. Header parsing is timed in benches/codec.rs.
 //!
 //!   cargo bench --bench packet_path
 
@@ -18,7 +19,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use io_uring::{IoUring, cqueue, opcode, types};
 use p2sgw::crypto::AeadAlgorithm;
 use p2sgw::dataplane::buffers::BufferPool;
-use p2sgw::dataplane::recv_ring::{self, BufRing, PLAIN_GROUP};
+use p2sgw::dataplane::recv_ring::{self, BufRing, PLAIN_GROUP, TUN_GROUP, TunRing};
 use p2sgw::dataplane::table::{EspInbound, SessionShared, SessionTable, Transport};
 use p2sgw::proto::esp::{InboundSa, SaKey, keymat_len};
 use p2sgw::proto::openvpn::data::{DataHeader, DataKey, HEADROOM};
@@ -161,10 +162,103 @@ fn assert_no_allocation_per_receive() {
     assert_eq!(allocations, 0, "the receive path allocates");
 }
 
+/// Reading a TUN queue by multishot Read into its provided ring must not allocate: the
+/// take of each buffer (with offloads, the cut of a super-packet into pool buffers), their
+/// release to the pool, the ring's refill and the re-arm. Runs on a thread in a new network
+/// namespace holding the TUN device (10.99.0.1/24, MTU 1500); `offload` sends UDP GSO bursts of 16.
+fn assert_no_allocation_per_tun_read(offload: bool) {
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: unshare changes only this thread's network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET) needs root");
+        let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
+        let address = Ipv4Addr::new(10, 99, 0, 1);
+        let tun = p2sgw::dataplane::tun::create(
+            "p2sgwb0",
+            address,
+            "10.99.0.0/24".parse().expect("net"),
+            &[],
+            1500,
+            1,
+            offload,
+        )
+        .expect("TUN device");
+        assert_eq!(tun.offload.is_some(), offload, "TUN offloads as asked");
+        let queue = tun.fds[0].as_raw_fd();
+        let sender = std::net::UdpSocket::bind("10.99.0.1:0").expect("sender");
+        let to = std::net::SocketAddr::from(([10, 99, 0, 2], 9));
+        let payload = [0x38u8; 16 * 1400];
+        let (sends, per_send) = if offload {
+            let segment: libc::c_int = 1400;
+            // SAFETY: setsockopt with an int option on our socket.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sender.as_raw_fd(),
+                    libc::SOL_UDP,
+                    libc::UDP_SEGMENT,
+                    (&segment as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "UDP_SEGMENT");
+            (1, payload.len())
+        } else {
+            (16, 1400)
+        };
+        let mut ring = IoUring::new(64).expect("ring");
+        let mut pool = BufferPool::new(64);
+        let mut buffers = TunRing::register(&ring.submitter(), 32, offload).expect("buffer ring");
+        let mut packets = Vec::with_capacity(64);
+        let mut received = 0usize;
+        let mut armed = false;
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            buffers.refill(&mut pool);
+            if !armed {
+                let read = opcode::ReadMulti::new(types::Fd(queue), 0, TUN_GROUP).build();
+                // SAFETY: the ring's buffers outlive the read.
+                unsafe { ring.submission().push(&read).expect("room in the queue") };
+                armed = true;
+            }
+            for _ in 0..sends {
+                sender.send_to(&payload[..per_send], to).expect("send");
+            }
+            let mut batch = 0;
+            while batch < 16 {
+                ring.submit_and_wait(1).expect("wait");
+                for completion in ring.completion() {
+                    armed &= cqueue::more(completion.flags());
+                    let Some(id) = cqueue::buffer_select(completion.flags()) else { continue };
+                    let taken = buffers.take(id, completion.result() as usize, &mut pool, &mut packets);
+                    assert_eq!(taken, Ok(offload), "a super-packet with offloads, else a packet");
+                    for (b, len) in packets.drain(..) {
+                        received += black_box(pool.get(b)[HEADROOM..HEADROOM + len].len());
+                        pool.release(b);
+                        batch += 1;
+                    }
+                }
+            }
+        }
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        assert_eq!(received, 16_000 * (1400 + 28));
+        let reads = if offload {
+            "1,000 multishot TUN reads of 16-packet super-packets (cut, release"
+        } else {
+            "16,000 multishot TUN reads (take, release"
+        };
+        println!("allocations in {reads}, refill, re-arm): {allocations}");
+        assert_eq!(allocations, 0, "the TUN read path allocates");
+    })
+    .join()
+    .expect("the TUN read check");
+}
+
 fn lookups(c: &mut Criterion) {
     let table = table();
     assert_no_allocation_per_packet(&table);
     assert_no_allocation_per_receive();
+    assert_no_allocation_per_tun_read(false);
+    assert_no_allocation_per_tun_read(true);
 
     let mut group = c.benchmark_group("session_lookup");
     group.throughput(Throughput::Elements(1));

@@ -166,9 +166,10 @@ pub fn render(plane: &ControlPlane) -> String {
     // Kernel offloads at work: tun_writes well below worker_packets{direction="from_clients"}
     // (coalesced writes), tun_split_packets / tun_super_reads packets per TUN read, and
     // udp_gso_datagrams / udp_gso_sends datagrams per send, udp_gro_datagrams /
-    // udp_gro_receives datagrams per coalesced receive. udp_recv_ring_empty: multishot
-    // receives that found their io_uring buffer ring empty (the pool ran short).
-    let offload_counters: [(&str, &str, WorkerCounter); 9] = [
+    // udp_gro_receives datagrams per coalesced receive. udp_recv_ring_empty and
+    // tun_read_ring_empty: multishot receives and TUN reads that found their io_uring
+    // buffer ring empty (the pool ran short, or a burst outran a completion batch).
+    let offload_counters: [(&str, &str, WorkerCounter); 10] = [
         ("worker_tun_super_reads", "TSO/USO super-packets a worker read from the TUN device", |w| &w.tun_super_reads),
         ("worker_tun_split_packets", "Packets a worker cut from TUN super-packets", |w| &w.tun_split_packets),
         ("worker_tun_writes", "Writes a worker made to the TUN device (one may carry a coalesced flow)", |w| {
@@ -185,6 +186,9 @@ pub fn render(plane: &ControlPlane) -> String {
         ("worker_udp_gro_datagrams", "Datagrams received by UDP GRO receives", |w| &w.udp_gro_datagrams),
         ("worker_udp_recv_ring_empty", "Multishot UDP receives that found their buffer ring empty", |w| {
             &w.udp_recv_ring_empty
+        }),
+        ("worker_tun_read_ring_empty", "Multishot TUN reads that found their buffer ring empty", |w| {
+            &w.tun_read_ring_empty
         }),
     ];
     // Steering to the session's owner: handoffs and mailbox passes stay near 0 while the

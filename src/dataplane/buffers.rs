@@ -94,19 +94,18 @@ impl BufferPool {
         libc::iovec { iov_base: self.data.as_mut_ptr().cast(), iov_len: std::mem::size_of_val(&*self.data) }
     }
 
-    /// Mutable access to several buffers at once; `ids` must be distinct and ascending.
-    pub fn get_many_mut(&mut self, ids: &[BufId]) -> Vec<&mut [u8; BUF_SIZE]> {
-        let mut many = Vec::with_capacity(ids.len());
+    /// Mutable access to several buffers at once, put into `many` in the order of `ids`
+    /// (a caller's array: nothing is allocated); `ids` must be distinct and ascending.
+    pub fn get_many_mut<'a>(&'a mut self, ids: &[BufId], many: &mut [&'a mut [u8]]) {
         let mut rest: &mut [Slot] = &mut self.data;
         let mut rest_starts_at = 0;
-        for &id in ids {
+        for (&id, borrowed) in ids.iter().zip(many) {
             let skip = (id as usize).checked_sub(rest_starts_at).expect("buffer ids are distinct and ascending");
             let (one, tail) = std::mem::take(&mut rest)[skip..].split_first_mut().expect("buffer ids are in the pool");
-            many.push(payload_mut(one));
+            *borrowed = payload_mut(one);
             rest = tail;
             rest_starts_at = id as usize + 1;
         }
-        many
     }
 
     /// Fills the message header of `id` to send `data[start..end]` to `to`, from local
@@ -205,8 +204,12 @@ mod tests {
         for id in 0..8 {
             p.get_mut(id)[0] = id as u8;
         }
-        let many = p.get_many_mut(&[1, 4, 7]);
-        assert_eq!(many.iter().map(|b| b[0]).collect::<Vec<_>>(), [1, 4, 7]);
+        let mut many: [&mut [u8]; 3] = Default::default();
+        p.get_many_mut(&[1, 4, 7], &mut many);
+        assert_eq!(
+            many.iter().map(|b| (b[0], b.len())).collect::<Vec<_>>(),
+            [(1, BUF_SIZE), (4, BUF_SIZE), (7, BUF_SIZE)]
+        );
         for b in many {
             b[1] = 0xaa;
         }

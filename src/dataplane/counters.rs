@@ -103,6 +103,9 @@ pub struct WorkerCounters {
     /// Multishot UDP receives ended because their provided-buffer ring was empty (armed
     /// again once buffers are back).
     pub udp_recv_ring_empty: AtomicU64,
+    /// Multishot TUN reads ended because their provided-buffer ring was empty (armed
+    /// again once buffers are back).
+    pub tun_read_ring_empty: AtomicU64,
     /// Completions processed per ring wait, summed (with `batches`, the mean batch).
     pub completions: AtomicU64,
     pub batches: AtomicU64,

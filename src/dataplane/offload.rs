@@ -95,7 +95,9 @@ pub fn split_tun_read(
     // Ascending, to borrow them all at once; segment i goes to the i-th smallest id.
     ids.sort_unstable();
     let mut sizes = [0usize; MAX_SPLIT_SEGMENTS];
-    let split = gso_split(packet, hdr, &mut pool.get_many_mut(ids), &mut sizes[..segments], HEADROOM, is_v6);
+    let mut buffers: [&mut [u8]; MAX_SPLIT_SEGMENTS] = std::array::from_fn(|_| Default::default());
+    pool.get_many_mut(ids, &mut buffers[..segments]);
+    let split = gso_split(packet, hdr, &mut buffers[..segments], &mut sizes[..segments], HEADROOM, is_v6);
     match split {
         Ok(n) => {
             out.extend(ids[..n].iter().copied().zip(sizes[..n].iter().copied()));

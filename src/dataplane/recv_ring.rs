@@ -1,14 +1,19 @@
-//! Multishot UDP receives with provided buffer rings: one `RecvMsgMulti` per socket stays
-//! armed, and the kernel picks each datagram's buffer from a ring the worker keeps
-//! filled, instead of the worker arming one `RecvMsg` per buffer.
+//! Provided buffer rings for multishot operations: one multishot receive per UDP socket and
+//! one multishot read on the TUN queue stay armed, and the kernel picks each datagram's or
+//! packet's buffer from a ring the worker keeps filled, instead of the worker arming one
+//! `RecvMsg` or `Read` per buffer.
 //!
-//! Each buffer receives, back to back: a 16-byte `io_uring_recvmsg_out` header, the
+//! Each UDP buffer receives, back to back: a 16-byte `io_uring_recvmsg_out` header, the
 //! sender's address in a field of [`NAME_LEN`] bytes, the control messages in a field of
 //! [`CONTROL_LEN`] bytes, then the datagram. The two fields are sized so that the header
 //! part is exactly a pool buffer's receive room ([`RECV_PREFIX`]): a plain datagram lands
 //! at offset 0 of its pool buffer and is opened and written to the TUN in place. GRO
-//! receives (up to 64 KiB) get a ring of large buffers of their own ([`GroRing`]),
+//! receives (up to 64 KiB) get a ring of large buffers of their own ([`LargeRing`]),
 //! copied apart into pool buffers as GRO receives always were.
+//!
+//! The TUN read ([`TunRing`]) takes pool buffers offered from `HEADROOM` on, so that a
+//! packet is sealed in place; with offloads, large buffers for a virtio_net_hdr and a
+//! super-packet, cut into pool buffers as before.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::io;
@@ -19,9 +24,12 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::Submitter;
 use io_uring::types::{BufRingEntry, RecvMsgOut};
 
-use super::buffers::RECV_PREFIX;
+use super::buffers::{BufId, BufferPool, RECV_PREFIX};
+use super::counters::DropReason;
 use super::gro::{GRO_RECV_SIZE, Received};
+use super::offload::{TUN_READ_SIZE, split_tun_read};
 use super::sys;
+use crate::proto::openvpn::data::HEADROOM;
 
 /// The sender's address field: a sockaddr_in6 (28 bytes), rounded up to 8 so that the
 /// control messages after it stay aligned.
@@ -32,9 +40,11 @@ pub const CONTROL_LEN: usize = 80;
 const RECVMSG_OUT_LEN: usize = 16;
 const _: () = assert!(RECVMSG_OUT_LEN + NAME_LEN + CONTROL_LEN == RECV_PREFIX);
 
-/// Buffer group ids: pool buffers for plain receives, large buffers for GRO receives.
+/// Buffer group ids: pool buffers for plain receives, large buffers for GRO receives, and
+/// the buffers of the TUN queue's read.
 pub const PLAIN_GROUP: u16 = 0;
 pub const GRO_GROUP: u16 = 1;
+pub const TUN_GROUP: u16 = 2;
 
 /// The message header a multishot receive is armed with: only the sizes of the address
 /// and control fields matter (the kernel lays each buffer out by them).
@@ -156,45 +166,134 @@ impl Drop for BufRing {
     }
 }
 
-/// The large buffers of GRO receives, in a ring of their own: a buffer goes back to the
-/// ring as soon as its datagrams are copied apart.
-pub struct GroRing {
+/// Large buffers in a provided ring of their own, each going back to the ring as soon as
+/// what the kernel put into it is copied apart into pool buffers: GRO receives
+/// ([`GRO_BUFFER`] each) and, with TUN offloads, TUN reads ([`TUN_READ_SIZE`]).
+pub struct LargeRing {
     ring: BufRing,
     memory: Box<[u8]>,
+    /// What the kernel may write into one buffer.
+    size: usize,
+    /// From one buffer's start to the next: the size rounded up to a cache line.
+    stride: usize,
 }
 
 /// A GRO ring buffer: the receive's header part, then up to 64 KiB of datagrams.
-const GRO_BUFFER: usize = RECV_PREFIX + GRO_RECV_SIZE;
+pub const GRO_BUFFER: usize = RECV_PREFIX + GRO_RECV_SIZE;
 
-impl GroRing {
-    /// `count` buffers (a power of two), all handed to the kernel.
-    pub fn register(submitter: &Submitter<'_>, count: u16) -> io::Result<GroRing> {
-        let ring = BufRing::register(submitter, count, GRO_GROUP)?;
-        let mut gro = GroRing { ring, memory: vec![0; usize::from(count) * GRO_BUFFER].into_boxed_slice() };
+impl LargeRing {
+    /// `count` buffers (a power of two) of `size` bytes, all handed to the kernel as
+    /// buffer group `group`.
+    pub fn register(submitter: &Submitter<'_>, group: u16, count: u16, size: usize) -> io::Result<LargeRing> {
+        let ring = BufRing::register(submitter, count, group)?;
+        let stride = size.next_multiple_of(64);
+        let memory = vec![0; usize::from(count) * stride].into_boxed_slice();
+        let mut large = LargeRing { ring, memory, size, stride };
         for id in 0..count {
-            gro.recycle(id);
+            large.recycle(id);
         }
-        gro.ring.publish();
-        Ok(gro)
+        large.ring.publish();
+        Ok(large)
     }
 
-    /// The buffer `id` a receive filled.
+    /// The buffer `id` the kernel filled.
     pub fn get(&self, id: u16) -> Option<&[u8]> {
-        self.memory.get(usize::from(id) * GRO_BUFFER..)?.get(..GRO_BUFFER)
+        self.memory.get(usize::from(id) * self.stride..)?.get(..self.size)
     }
 
-    /// A receive took buffer `id`; it is done with it.
+    pub fn get_mut(&mut self, id: u16) -> Option<&mut [u8]> {
+        self.memory.get_mut(usize::from(id) * self.stride..)?.get_mut(..self.size)
+    }
+
+    /// The kernel took buffer `id`; the worker is done with it.
     pub fn recycle(&mut self, id: u16) {
-        let start = usize::from(id) * GRO_BUFFER;
-        if start < self.memory.len() {
-            // SAFETY: start..start + GRO_BUFFER lies inside the memory.
-            let addr = unsafe { self.memory.as_mut_ptr().add(start) };
-            self.ring.add(addr, GRO_BUFFER as u32, id);
+        let (size, stride) = (self.size, self.stride);
+        if let Some(buffer) = self.memory.get_mut(usize::from(id) * stride..).and_then(|b| b.get_mut(..size)) {
+            self.ring.add(buffer.as_mut_ptr(), size as u32, id);
         }
     }
 
     pub fn ring(&mut self) -> &mut BufRing {
         &mut self.ring
+    }
+}
+
+/// The provided buffers of the multishot read on a worker's TUN queue (buffer group
+/// [`TUN_GROUP`]).
+pub enum TunRing {
+    /// Pool buffers, each offered from `HEADROOM` on: a packet lands where the packet path
+    /// seals it in place, the data-channel header's room in front of it.
+    Pool(BufRing),
+    /// With offloads: large buffers, each for a virtio_net_hdr and a packet or super-packet
+    /// of up to 64 KiB, cut into pool buffers by [`split_tun_read`].
+    Large(LargeRing),
+}
+
+impl TunRing {
+    /// A ring of `count` buffers (a power of two): large ones, all handed to the kernel,
+    /// with `offload`; else pool buffers, added by [`TunRing::refill`].
+    pub fn register(submitter: &Submitter<'_>, count: u16, offload: bool) -> io::Result<TunRing> {
+        Ok(if offload {
+            TunRing::Large(LargeRing::register(submitter, TUN_GROUP, count, TUN_READ_SIZE)?)
+        } else {
+            TunRing::Pool(BufRing::register(submitter, count, TUN_GROUP)?)
+        })
+    }
+
+    /// Tops a ring of pool buffers up from `pool` (as far as it has buffers), and hands the
+    /// kernel the buffers added since the last call.
+    pub fn refill(&mut self, pool: &mut BufferPool) {
+        match self {
+            TunRing::Pool(ring) => {
+                while ring.held() < ring.capacity() {
+                    let Some(b) = pool.alloc() else { break };
+                    let area = &mut pool.get_mut(b)[HEADROOM..];
+                    ring.add(area.as_mut_ptr(), area.len() as u32, b as u16);
+                }
+                ring.publish();
+            }
+            TunRing::Large(large) => large.ring().publish(),
+        }
+    }
+
+    /// Whether a read has buffers to take.
+    pub fn has_buffers(&self) -> bool {
+        match self {
+            TunRing::Pool(ring) => ring.held() > 0,
+            TunRing::Large(large) => large.ring.held() > 0,
+        }
+    }
+
+    /// What a read brought into buffer `id` (`len` bytes): its packets, each in a pool
+    /// buffer at `HEADROOM`, appended to `out` as (buffer, length); returns whether it was a
+    /// super-packet. A large buffer goes back to the ring at once; a pool buffer is the
+    /// packet's, released by the packet path.
+    pub fn take(
+        &mut self,
+        id: u16,
+        len: usize,
+        pool: &mut BufferPool,
+        out: &mut Vec<(BufId, usize)>,
+    ) -> Result<bool, DropReason> {
+        match self {
+            TunRing::Pool(ring) => {
+                ring.consumed();
+                out.push((BufId::from(id), len));
+                Ok(false)
+            }
+            TunRing::Large(large) => {
+                large.ring.consumed();
+                let outcome = match large.get_mut(id) {
+                    Some(buffer) => {
+                        let read = len.min(buffer.len());
+                        split_tun_read(&mut buffer[..read], pool, out)
+                    }
+                    None => Err(DropReason::Malformed),
+                };
+                large.recycle(id);
+                outcome
+            }
+        }
     }
 }
 
@@ -346,7 +445,7 @@ mod tests {
         let sender = sys::udp_socket(&any_port).unwrap();
         assert!(sys::enable_udp_gro(receiver.as_raw_fd()) && sys::udp_gso_supported(sender.as_raw_fd()));
         let mut ring = IoUring::new(8).unwrap();
-        let mut gro = GroRing::register(&ring.submitter(), 2).unwrap();
+        let mut gro = LargeRing::register(&ring.submitter(), GRO_GROUP, 2, GRO_BUFFER).unwrap();
         let hdr = multishot_msghdr();
         let recv = opcode::RecvMsgMulti::new(types::Fd(receiver.as_raw_fd()), &hdr, GRO_GROUP).build();
         // SAFETY: hdr and the GRO ring outlive the receive.
@@ -380,5 +479,179 @@ mod tests {
         assert_eq!(got, [(1200, 1), (1200, 2), (1200, 3), (500, 4)]);
         gro.recycle(id);
         assert_eq!(gro.ring().held(), 2);
+    }
+
+    /// Runs `test` on a thread of its own in a new network namespace without IPv6 (so
+    /// that nothing but the test's packets reaches a TUN device made there), with a TUN
+    /// device of one queue at 10.99.0.1/24, with or without `offload`.
+    fn with_tun_in_new_namespace(offload: bool, test: impl FnOnce(super::super::tun::TunQueues) + Send + 'static) {
+        let thread = std::thread::spawn(move || {
+            // SAFETY: unshare changes only this thread's network namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET) needs root");
+            for conf in ["all", "default"] {
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
+            }
+            let address = std::net::Ipv4Addr::new(10, 99, 0, 1);
+            let tun =
+                super::super::tun::create("p2sgwt0", address, "10.99.0.0/24".parse().unwrap(), &[], 1400, 1, offload)
+                    .unwrap();
+            test(tun)
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// The UDP datagram in an IPv4 packet from 10.99.0.1 to 10.99.0.2:9: its payload.
+    fn udp_payload_to_the_tunnel_peer(packet: &[u8]) -> &[u8] {
+        assert_eq!(packet[0], 0x45, "IPv4 without options");
+        assert_eq!(usize::from(u16::from_be_bytes([packet[2], packet[3]])), packet.len());
+        assert_eq!((packet[9], &packet[12..16], &packet[16..20]), (17, &[10, 99, 0, 1][..], &[10, 99, 0, 2][..]));
+        assert_eq!(u16::from_be_bytes([packet[22], packet[23]]), 9);
+        &packet[28..]
+    }
+
+    /// The multishot read on a TUN queue without offloads, on a ring of pool buffers:
+    /// every packet lands at HEADROOM of its pool buffer and stays there for the packet
+    /// path; an empty ring ends the read with ENOBUFS, and refilling and re-arming
+    /// recovers the packets that waited in the queue meanwhile.
+    #[test]
+    fn multishot_tun_read_lands_packets_at_headroom_and_recovers_from_an_empty_ring() {
+        with_tun_in_new_namespace(false, |tun| {
+            assert_eq!(tun.offload, None);
+            let queue = tun.fds[0].as_raw_fd();
+            let mut ring = IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(64).unwrap();
+            let mut pool = BufferPool::new(8);
+            let mut tun_ring = TunRing::register(&ring.submitter(), 4, false).unwrap();
+            assert!(!tun_ring.has_buffers(), "pool buffers come with the first refill");
+            tun_ring.refill(&mut pool);
+            assert_eq!(pool.available(), 4);
+            let arm = |ring: &mut IoUring| {
+                let read = opcode::ReadMulti::new(types::Fd(queue), 0, TUN_GROUP).build();
+                // SAFETY: the ring's buffers (the pool's) outlive the read.
+                unsafe { ring.submission().push(&read.user_data(9)).unwrap() };
+            };
+            arm(&mut ring);
+            ring.submit().unwrap();
+
+            // Six packets for a ring of four buffers.
+            let sender = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
+            for i in 0..6u8 {
+                sender.send_to(&vec![i; 100 + usize::from(i)], "10.99.0.2:9").unwrap();
+            }
+            let mut got = Vec::new();
+            let mut ended = None;
+            let mut packets = Vec::new();
+            while ended.is_none() {
+                for (res, flags) in reap(&mut ring) {
+                    let Some(id) = cqueue::buffer_select(flags) else {
+                        ended = Some((res, cqueue::more(flags)));
+                        continue;
+                    };
+                    assert!(cqueue::more(flags), "the read stays armed while it has buffers");
+                    assert_eq!(tun_ring.take(id, res as usize, &mut pool, &mut packets), Ok(false));
+                    let [(b, len)] = packets[..] else { panic!("one packet per read: {packets:?}") };
+                    assert_eq!((b, len), (BufId::from(id), res as usize));
+                    let payload = udp_payload_to_the_tunnel_peer(&pool.get(b)[HEADROOM..HEADROOM + len]);
+                    assert!(payload.iter().all(|&x| usize::from(x) + 100 == payload.len()));
+                    got.push(payload.len());
+                    packets.clear();
+                    pool.release(b);
+                }
+            }
+            assert_eq!(got, [100, 101, 102, 103]);
+            assert_eq!(ended, Some((-libc::ENOBUFS, false)), "an empty ring ends the multishot read");
+            assert!(!tun_ring.has_buffers());
+
+            // The buffers came back to the pool; refilled and re-armed, the read brings the
+            // two packets that waited.
+            tun_ring.refill(&mut pool);
+            arm(&mut ring);
+            while got.len() < 6 {
+                for (res, flags) in reap(&mut ring) {
+                    let id = cqueue::buffer_select(flags).expect("a packet");
+                    tun_ring.take(id, res as usize, &mut pool, &mut packets).unwrap();
+                    for (b, len) in packets.drain(..) {
+                        got.push(udp_payload_to_the_tunnel_peer(&pool.get(b)[HEADROOM..HEADROOM + len]).len());
+                        pool.release(b);
+                    }
+                }
+            }
+            assert_eq!(got, [100, 101, 102, 103, 104, 105]);
+            drop(ring);
+        });
+    }
+
+    /// The multishot read on a TUN queue with offloads, on a ring of large buffers: a UDP
+    /// GSO burst sent through the device arrives as one super-packet, cut into its four
+    /// datagrams in pool buffers at HEADROOM; a plain datagram after it arrives alone; each
+    /// large buffer goes back to the ring at once.
+    #[test]
+    fn multishot_tun_read_with_offloads_cuts_a_super_packet_into_pool_buffers() {
+        with_tun_in_new_namespace(true, |tun| {
+            assert_eq!(tun.offload.map(|o| o.udp), Some(true), "TUN offloads with USO (Linux 6.2+)");
+            let queue = tun.fds[0].as_raw_fd();
+            let mut ring = IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(64).unwrap();
+            let mut pool = BufferPool::new(16);
+            let mut tun_ring = TunRing::register(&ring.submitter(), 2, true).unwrap();
+            assert!(tun_ring.has_buffers(), "large buffers are all handed to the kernel at once");
+            tun_ring.refill(&mut pool);
+            assert_eq!(pool.available(), 16, "a ring of large buffers takes nothing from the pool");
+            let read = opcode::ReadMulti::new(types::Fd(queue), 0, TUN_GROUP).build();
+            // SAFETY: the ring's large buffers outlive the read.
+            unsafe { ring.submission().push(&read).unwrap() };
+            ring.submit().unwrap();
+
+            let sender = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
+            let segment: libc::c_int = 1200;
+            // SAFETY: setsockopt with an int option on our socket.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sender.as_raw_fd(),
+                    libc::SOL_UDP,
+                    libc::UDP_SEGMENT,
+                    (&segment as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+            let burst: Vec<u8> = [1200, 1200, 1200, 500]
+                .into_iter()
+                .enumerate()
+                .flat_map(|(i, len)| std::iter::repeat_n(i as u8 + 1, len))
+                .collect();
+            sender.send_to(&burst, "10.99.0.2:9").unwrap();
+            sender.send_to(&[7; 300], "10.99.0.2:9").unwrap();
+
+            let mut reads = Vec::new();
+            while reads.len() < 2 {
+                for (res, flags) in reap(&mut ring) {
+                    let id = cqueue::buffer_select(flags).expect("a packet");
+                    assert!(cqueue::more(flags));
+                    let mut packets = Vec::new();
+                    let outcome = tun_ring.take(id, res as usize, &mut pool, &mut packets).unwrap();
+                    let datagrams: Vec<(usize, u8)> = packets
+                        .iter()
+                        .map(|&(b, len)| {
+                            let payload = udp_payload_to_the_tunnel_peer(&pool.get(b)[HEADROOM..HEADROOM + len]);
+                            assert!(payload.iter().all(|&x| x == payload[0]));
+                            (payload.len(), payload[0])
+                        })
+                        .collect();
+                    reads.push((outcome, datagrams));
+                    for (b, _) in packets {
+                        pool.release(b);
+                    }
+                    assert!(tun_ring.has_buffers());
+                }
+            }
+            assert_eq!(
+                reads,
+                [(true, vec![(1200, 1), (1200, 2), (1200, 3), (500, 4)]), (false, vec![(300, 7)])],
+                "one super-packet cut into four datagrams, then a plain one"
+            );
+            assert_eq!(pool.available(), 16);
+            drop(ring);
+        });
     }
 }

@@ -26,7 +26,7 @@ use super::counters::{DropReason, WorkerCounters};
 use super::gro::{GRO_RECV_DEPTH, GroReceives, Received};
 use super::gso::{Datagram, Destination, GsoBatch, GsoSends};
 use super::offload::{Coalescer, ReadBuffers, TUN_READ_SIZE, WriteFrom, split_tun_read};
-use super::recv_ring::{self, BufRing, GRO_GROUP, GroRing, PLAIN_GROUP};
+use super::recv_ring::{self, BufRing, GRO_BUFFER, GRO_GROUP, LargeRing, PLAIN_GROUP, TUN_GROUP, TunRing};
 use super::sstp::{EapProgress, SstpConn, TLS_HANDSHAKE_RECORD};
 use super::table::{KeySet, SessionShared, Transport};
 use super::tcp::{Frame, MAX_QUEUED_OUTPUT, Stream, TcpConn};
@@ -47,9 +47,16 @@ const RING_ENTRIES: u32 = 1024;
 const POOL_BUFFERS: usize = 4096;
 // A pool buffer's id is its id in the provided-buffer ring, 16 bits there.
 const _: () = assert!(POOL_BUFFERS <= 1 << 16);
-/// Receives kept in flight per UDP socket, and reads on the TUN queue.
+/// Receives kept in flight per UDP socket.
 const UDP_RECV_DEPTH: usize = 64;
-const TUN_READ_DEPTH: usize = 64;
+/// Buffers in the ring of the TUN queue's multishot read: as many packets (with offloads,
+/// super-packets) as one completion batch takes from the queue before the read waits for
+/// buffers to come back.
+const TUN_RING_BUFFERS: u16 = 64;
+/// Reads kept in flight on the TUN queue where the kernel has no multishot read. Few: every
+/// packet wakes them all, the losers poll again, and a read that loses 128 times in a row
+/// goes to an io-wq thread, which blocks in the read (io_uring's APOLL_MAX_RETRY).
+const TUN_READ_DEPTH: usize = 8;
 /// Housekeeping period: keepalives, dead peers, stale TCP connections.
 const TICK: Duration = Duration::from_secs(1);
 /// A TCP connection that has not completed a handshake within this time is closed.
@@ -80,6 +87,8 @@ const OP_UDP_GSO_SEND: u64 = 11;
 const OP_UDP_RECV_GRO: u64 = 12;
 /// A multishot receive on a UDP socket (plain or GRO), into buffers of a provided ring.
 const OP_UDP_RECV_MULTI: u64 = 13;
+/// The multishot read on the TUN queue, into buffers of its provided ring.
+const OP_TUN_READ_MULTI: u64 = 14;
 
 /// Fixed-buffer indices: the pool's memory, then each TUN read buffer (with offloads).
 const POOL_BUFFER_INDEX: u16 = 0;
@@ -213,7 +222,7 @@ fn register_buffers(ring: &IoUring, bufs: &mut BufferPool, reads: Option<&mut Re
 /// GRO ring, the others from the ring of pool buffers.
 struct Multishot {
     plain: Option<BufRing>,
-    gro: Option<GroRing>,
+    gro: Option<LargeRing>,
     msghdr: Box<libc::msghdr>,
 }
 
@@ -240,10 +249,30 @@ impl Multishot {
             .then(|| BufRing::register(&ring.submitter(), ring_of(plain_sockets, UDP_RECV_DEPTH), PLAIN_GROUP))
             .transpose()?;
         let gro = (gro_sockets > 0)
-            .then(|| GroRing::register(&ring.submitter(), ring_of(gro_sockets, GRO_RECV_DEPTH)))
+            .then(|| {
+                LargeRing::register(&ring.submitter(), GRO_GROUP, ring_of(gro_sockets, GRO_RECV_DEPTH), GRO_BUFFER)
+            })
             .transpose()?;
         Ok(Multishot { plain, gro, msghdr: Box::new(recv_ring::multishot_msghdr()) })
     }
+}
+
+/// The ring of the TUN queue's multishot read; None, after one warning, where the kernel
+/// has no multishot read (it came in Linux 6.7) or refuses the ring: the queue is then read
+/// by TUN_READ_DEPTH single reads.
+fn register_tun_ring(ring: &IoUring, offload: bool, worker: usize) -> Option<TunRing> {
+    let mut probe = io_uring::Probe::new();
+    let registered =
+        if ring.submitter().register_probe(&mut probe).is_ok() && probe.is_supported(opcode::ReadMulti::CODE) {
+            TunRing::register(&ring.submitter(), TUN_RING_BUFFERS, offload)
+        } else {
+            Err(io::Error::new(io::ErrorKind::Unsupported, "no IORING_OP_READ_MULTISHOT"))
+        };
+    registered
+        .inspect_err(
+            |e| warn!(worker, error = %e, "io_uring multishot TUN read refused; the TUN queue is read by single reads"),
+        )
+        .ok()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,14 +315,18 @@ pub(super) struct Worker {
     conn_opened: Vec<Instant>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     udp_armed: Vec<usize>,
+    /// Reads in flight on the TUN queue (the multishot read counts one).
     tun_armed: usize,
     wake_buf: Box<u64>,
     now_secs: u64,
     shutdown_at: Option<Instant>,
     /// This worker's IKEv2 responder, when IKEv2 is enabled.
     ike: Option<ike::IkeEndpoint>,
-    /// With TUN offloads: where reads land (super-packets), and the batch's TUN writes.
+    /// The TUN queue's multishot read and its buffers; None where the kernel refused it.
+    tun_ring: Option<TunRing>,
+    /// With TUN offloads and single reads: where they land (super-packets).
     tun_reads: Option<ReadBuffers>,
+    /// With TUN offloads: the batch's TUN writes.
     gro: Option<Coalescer>,
     /// The packets cut from one read (reused).
     split: Vec<(BufId, usize)>,
@@ -327,7 +360,8 @@ impl Worker {
         let acceptor = Acceptor::new(shared.tls_crypt.clone());
         let udp_armed = vec![0; io.udp.len()];
         let ike = io.ike.clone().map(ike::IkeEndpoint::new);
-        let mut tun_reads = io.tun_offload.map(|_| ReadBuffers::new(TUN_READ_DEPTH));
+        let tun_ring = register_tun_ring(&ring, io.tun_offload.is_some(), index);
+        let mut tun_reads = (io.tun_offload.is_some() && tun_ring.is_none()).then(|| ReadBuffers::new(TUN_READ_DEPTH));
         let gro = io.tun_offload.map(|o| Coalescer::new(o.udp));
         let udp_gso_segment = (0..io.udp.len())
             .map(|i| {
@@ -372,6 +406,7 @@ impl Worker {
             now_secs: shared.secs(Instant::now()),
             shutdown_at: None,
             ike,
+            tun_ring,
             tun_reads,
             gro,
             split: Vec::with_capacity(super::offload::MAX_SPLIT_SEGMENTS),
@@ -517,6 +552,17 @@ impl Worker {
             }
         }
         let tun = self.files.tun;
+        if let Some(tun_ring) = self.tun_ring.as_mut() {
+            tun_ring.refill(&mut self.bufs);
+            // Armed at start, and again after a completion without IORING_CQE_F_MORE once
+            // the ring has buffers.
+            if self.tun_armed == 0 && tun_ring.has_buffers() {
+                let read = on_file!(tun.file, fd => opcode::ReadMulti::new(fd, 0, TUN_GROUP).build());
+                push_entry(&mut self.ring, &read.user_data(user_data(OP_TUN_READ_MULTI, 0, 0)));
+                self.tun_armed = 1;
+            }
+            return;
+        }
         if let Some(reads) = self.tun_reads.as_mut() {
             while self.tun_armed < TUN_READ_DEPTH {
                 let Some(r) = reads.alloc() else { return };
@@ -554,7 +600,7 @@ impl Worker {
         }
         for (listener, armed) in udp_armed.iter_mut().enumerate() {
             let (group, ring_of_buffers) = if udp_gro[listener] {
-                (GRO_GROUP, m.gro.as_mut().map(GroRing::ring))
+                (GRO_GROUP, m.gro.as_mut().map(LargeRing::ring))
             } else {
                 (PLAIN_GROUP, m.plain.as_mut())
             };
@@ -622,6 +668,7 @@ impl Worker {
                 self.tun_armed -= 1;
                 self.on_tun_offload(b, res, routes);
             }
+            OP_TUN_READ_MULTI => self.on_tun_multishot(res, flags, routes),
             OP_TUN_WRITE_STAGED => {
                 if res < 0 {
                     debug!(worker = self.index, error = %io::Error::from_raw_os_error(-res), "TUN write failed");
@@ -978,6 +1025,39 @@ impl Worker {
         let mut split = std::mem::take(&mut self.split);
         let outcome = split_tun_read(&mut reads.get_mut(r)[..res as usize], &mut self.bufs, &mut split);
         reads.release(r);
+        self.deliver_tun_read(outcome, split, routes);
+    }
+
+    /// A completion of the multishot read on the TUN queue: a packet (with offloads, a
+    /// virtio_net_hdr and a packet or super-packet) in the ring buffer the completion
+    /// names, or an error. A completion without IORING_CQE_F_MORE ends the read; it is armed
+    /// again at the end of the batch (after ENOBUFS, once the ring has buffers again).
+    fn on_tun_multishot(&mut self, res: i32, flags: u32, routes: &Routes<'_>) {
+        if !cqueue::more(flags) {
+            self.tun_armed = 0;
+        }
+        let Some(tun_ring) = self.tun_ring.as_mut() else { return };
+        let Some(id) = cqueue::buffer_select(flags) else {
+            if res == -libc::ENOBUFS {
+                self.counters().tun_read_ring_empty.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else if res < 0 {
+                debug!(worker = self.index, error = %io::Error::from_raw_os_error(-res), "multishot TUN read failed");
+            }
+            return;
+        };
+        let mut split = std::mem::take(&mut self.split);
+        let outcome = tun_ring.take(id, usize::try_from(res).unwrap_or(0), &mut self.bufs, &mut split);
+        self.deliver_tun_read(outcome, split, routes);
+    }
+
+    /// Counts what a TUN read brought (`outcome`: a super-packet or not, or why it was
+    /// dropped) and hands the packets cut from it (`split`) on; keeps the list.
+    fn deliver_tun_read(
+        &mut self,
+        outcome: Result<bool, DropReason>,
+        mut split: Vec<(BufId, usize)>,
+        routes: &Routes<'_>,
+    ) {
         match outcome {
             Ok(true) => {
                 let c = self.counters();
