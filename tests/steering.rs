@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -26,16 +25,6 @@ for address in sys.argv[1:]:
         s.sendto(b"x" * 200, (address, 9))
 print("sent")
 "#;
-
-fn metrics_text(gw: &Gateway) -> String {
-    let socket = gw.state_dir.join("admin.sock");
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", "--unix-socket", path(&socket), "http://p2sgw/metrics"])
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "metrics scrape: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("UTF-8 metrics")
-}
 
 /// The sum of the samples of `name` whose labels include every one of `labels`.
 fn sample(metrics: &str, name: &str, labels: &[&str]) -> u64 {
@@ -102,7 +91,7 @@ fn gateway_with_clients(steering: bool, launcher: &'static [&'static str], clien
 /// Sends the unanswered UDP flows and pings every client from the vnet host; returns the
 /// foreign-packet counters' growth and the packets each worker sent to clients meanwhile.
 fn push_from_vnet(run: &Run) -> (Foreign, [u64; 2]) {
-    let before = metrics_text(&run.gw);
+    let before = run.gw.metrics();
     let mut args = vec!["python3", "-c", VNET_SENDER];
     args.extend(run.addresses.iter().map(String::as_str));
     assert!(run.topo.vnet().exec_ok(&args).contains("sent"));
@@ -112,7 +101,7 @@ fn push_from_vnet(run: &Run) -> (Foreign, [u64; 2]) {
         let p = ping(run.topo.vnet(), address, 3, Duration::from_millis(100));
         assert!(p.received > 0, "the vnet host reaches client {address}: {}", p.output);
     }
-    let after = metrics_text(&run.gw);
+    let after = run.gw.metrics();
     let (f0, f1) = (foreign(&before), foreign(&after));
     let (t0, t1) = (to_clients(&before), to_clients(&after));
     let grown = Foreign {
@@ -127,7 +116,7 @@ fn push_from_vnet(run: &Run) -> (Foreign, [u64; 2]) {
 fn with_steering_every_tun_packet_is_read_by_its_sessions_worker() {
     let run = gateway_with_clients(true, &[], CLIENTS);
     run.gw.wait_for_line(&["TUN steering on"], Duration::from_secs(1)).unwrap();
-    assert!(metrics_text(&run.gw).contains("p2sgw_tun_steering 1"));
+    assert!(run.gw.metrics().contains("p2sgw_tun_steering 1"));
     let (grown, per_worker) = push_from_vnet(&run);
     eprintln!("steered: {grown:?}, packets to clients by worker {per_worker:?}");
     // The sessions' map entries were written before their clients got their addresses,
@@ -142,7 +131,7 @@ fn with_steering_every_tun_packet_is_read_by_its_sessions_worker() {
 fn without_steering_the_kernel_puts_packets_on_other_workers_queues() {
     let run = gateway_with_clients(false, &[], CLIENTS);
     assert!(!run.gw.log().contains("TUN steering on"));
-    assert!(metrics_text(&run.gw).contains("p2sgw_tun_steering 0"));
+    assert!(run.gw.metrics().contains("p2sgw_tun_steering 0"));
     let (grown, per_worker) = push_from_vnet(&run);
     eprintln!("not steered: {grown:?}, packets to clients by worker {per_worker:?}");
     // 32 flows to each of 8 clients, each flow on a queue picked by its hash.
@@ -156,7 +145,7 @@ fn without_cap_bpf_the_gateway_warns_and_serves_as_without_steering() {
     let launcher: &[&str] = &["setpriv", "--bounding-set", "-bpf,-sys_admin", "--"];
     let run = gateway_with_clients(true, launcher, 2);
     run.gw.wait_for_line(&["WARN", "cannot steer TUN packets", "CAP_BPF"], Duration::from_secs(1)).unwrap();
-    assert!(metrics_text(&run.gw).contains("p2sgw_tun_steering 0"));
+    assert!(run.gw.metrics().contains("p2sgw_tun_steering 0"));
     for k in 0..2 {
         let p = ping(run.topo.client(k), VNET_HOST_ADDR, 3, Duration::from_millis(100));
         assert!(p.all_received(), "client {k} reaches the vnet: {}", p.output);
