@@ -70,7 +70,7 @@ fn table() -> SessionTable {
     for index in 0..SESSIONS {
         let peer_id = SESSIONS + index;
         let address = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 9, 0, 2)) + index);
-        let transport = Transport::Esp { peer: ([192, 0, 2, 2], 4500).into() };
+        let transport = Transport::Esp;
         // Not published by address: the address lookups keep their 10,000 entries.
         let session = Arc::new(SessionShared::new(peer_id, address, 0, transport, true));
         let spi = FIRST_SPI + index;

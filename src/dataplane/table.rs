@@ -38,12 +38,11 @@ pub enum Transport {
     /// source address `local` when that socket is bound to a wildcard address.
     Udp { listener: usize, peer: SocketAddr, local: Option<IpAddr> },
     /// Over a TCP connection owned by the session's worker.
-    Tcp { peer: SocketAddr },
+    Tcp,
     /// SSTP: PPP in TLS over a TCP connection owned by the session's worker.
-    Sstp { peer: SocketAddr },
-    /// IKEv2: ESP in UDP (RFC 3948), as the session's [`EspOutbound`] says; `peer` is
-    /// where the client connected from.
-    Esp { peer: SocketAddr },
+    Sstp,
+    /// IKEv2: ESP in UDP (RFC 3948), as the session's [`EspOutbound`] says.
+    Esp,
 }
 
 /// Data-channel keys of a session: the one to send with, and those accepted on
@@ -304,10 +303,8 @@ mod tests {
         let mut t = SessionTable::new(16);
         t.steer_with(steering);
         let address = Ipv4Addr::new(172, 16, 201, 2);
-        let on_worker = |owner: usize, peer_id: u32| {
-            let peer = "192.0.2.1:1".parse().unwrap();
-            Arc::new(SessionShared::new(peer_id, address, owner, Transport::Tcp { peer }, false))
-        };
+        let on_worker =
+            |owner: usize, peer_id: u32| Arc::new(SessionShared::new(peer_id, address, owner, Transport::Tcp, false));
         let steered_to = |t: &SessionTable| t.steering.as_ref().unwrap().lookup(address);
         let first = on_worker(1, 3);
         t.insert(first.clone());

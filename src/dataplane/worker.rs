@@ -1099,17 +1099,17 @@ impl Worker {
                     self.count_drop(reason);
                 }
             },
-            Transport::Esp { .. } => match self.send_esp(session, b, len) {
+            Transport::Esp => match self.send_esp(session, b, len) {
                 Ok(()) => self.sealed_from_tun(session, len),
                 Err(reason) => {
                     self.bufs.release(b);
                     self.count_drop(reason);
                 }
             },
-            Transport::Tcp { .. } | Transport::Sstp { .. } => {
+            Transport::Tcp | Transport::Sstp => {
                 if session.owner == self.index {
                     let peer_id = session.peer_id;
-                    if matches!(transport, Transport::Sstp { .. }) {
+                    if matches!(transport, Transport::Sstp) {
                         let sent = send_sstp_data(
                             &mut self.conns,
                             &self.sstp_by_peer,
@@ -1570,15 +1570,12 @@ impl Worker {
             }
             return;
         }
-        let conns = &self.conns;
         let Some(local) = self.sessions.get_mut(handle.slot as usize).and_then(Option::as_mut) else { return };
         // A renegotiation's decision finds the session already published.
         if let (AuthDecision::Accept(grant), None) = (&decision, &local.shared) {
             let transport = match local.link {
                 Link::Udp { listener, peer, local } => Transport::Udp { listener, peer, local },
-                Link::Tcp { conn } => {
-                    Transport::Tcp { peer: conns[conn as usize].as_ref().map_or(local.peer, |c| c.peer) }
-                }
+                Link::Tcp { .. } => Transport::Tcp,
             };
             let data_v2 = local.proto.peer_info().is_some_and(|p| p.has(iv_proto::DATA_V2));
             let shared = Arc::new(SessionShared::new(grant.peer_id, grant.push.address, index, transport, data_v2));
@@ -2066,10 +2063,8 @@ impl Worker {
             return;
         }
         let conn = handle.slot;
-        let peer = self.conns[conn as usize].as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.peer);
         if let Some(grant) = grant {
-            let shared =
-                Arc::new(SessionShared::new(grant.peer_id, grant.network.peer, index, Transport::Sstp { peer }, false));
+            let shared = Arc::new(SessionShared::new(grant.peer_id, grant.network.peer, index, Transport::Sstp, false));
             shared.stats.last_rx.store(now_secs, std::sync::atomic::Ordering::Relaxed);
             shared.stats.last_tx.store(now_secs, std::sync::atomic::Ordering::Relaxed);
             self.shared.table.insert(shared.clone());

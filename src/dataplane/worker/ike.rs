@@ -444,8 +444,7 @@ impl Worker {
             (Authorization::Accept(grant), Some(peer_id)) => match grant.virtual_ipv4.filter(|_| live) {
                 Some(address) => {
                     let session = ike.sessions.get_mut(&id).expect("the session is live (checked above)");
-                    let peer = session.remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let shared = SessionShared::new(peer_id, address, index, Transport::Esp { peer }, false);
+                    let shared = SessionShared::new(peer_id, address, index, Transport::Esp, false);
                     session.shared = Some(Arc::new(shared));
                     ike.by_peer_id.insert(peer_id, id);
                     Authorization::Accept(grant)
