@@ -450,6 +450,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check("listen.tcp", old.listen.tcp != new.listen.tcp);
     check("dataplane.workers", old.dataplane.workers != new.dataplane.workers);
     check("dataplane.tun_name", old.dataplane.tun_name != new.dataplane.tun_name);
+    check("dataplane.offload", old.dataplane.offload != new.dataplane.offload);
     check("dataplane.steering", old.dataplane.steering != new.dataplane.steering);
     check("openvpn.tls_crypt", old.openvpn.tls_crypt != new.openvpn.tls_crypt);
     check("openvpn.tun_mtu", old.openvpn.tun_mtu != new.openvpn.tun_mtu);
@@ -462,4 +463,21 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
 
 fn rfc3339(t: SystemTime) -> String {
     OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_names_the_data_plane_keys_that_need_a_restart_and_only_those() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.dataplane.offload = !old.dataplane.offload;
+        new.dataplane.steering = !old.dataplane.steering;
+        new.dataplane.workers = old.dataplane.workers + 1;
+        new.network.dns_servers = vec!["10.50.0.53".parse().unwrap()];
+        assert_eq!(restart_needed(&old, &new), ["dataplane.workers", "dataplane.offload", "dataplane.steering"]);
+        assert!(restart_needed(&old, &old).is_empty());
+    }
 }
