@@ -213,6 +213,53 @@ fn killed_client_is_freed_after_liveness_checks() {
     assert_eq!(bob.virtual_ip(), Some(address));
 }
 
+/// A client behind a NAT whose public address changes (a home router's new lease, a
+/// carrier's NAT): its next IKE request from the new address (here a liveness check, as the
+/// gateway's answers stop reaching it) moves the IKE SA and the ESP there (RFC 7296 §2.23),
+/// traffic flows again on the same session, and the session list shows the new address.
+#[test]
+fn a_client_whose_nat_address_changes_keeps_its_session() {
+    let topo = Topology::new(1);
+    let lan = topo.behind_nat(0);
+    let gw = ikev2_gateway(&topo, "ecdsa-p256", "");
+    let mut opts = cert_options(&gw, &topo, 0, "roamer");
+    opts.dpd_delay = Some(Duration::from_secs(1));
+    let client = Charon::start(&lan, topo.temp_dir(), "roamer");
+    client.load_swanctl(&client_conf(&opts));
+    client.initiate(&opts.child, &opts.conn).unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+    let address = client.virtual_ip().expect("a virtual IP");
+    assert!(ping(&lan, VNET_HOST_ADDR, 3, Duration::from_millis(200)).all_received(), "{}", gw.log());
+    let before = session_of(&gw.sessions(), "roamer").cloned().expect("roamer's session");
+    let home = topo.client_addr_for(0);
+    assert!(before["public_address"].as_str().unwrap().starts_with(&format!("{home}:")), "{before}");
+
+    let pinger = lan.spawn(&["ping", "-c", "50", "-i", "0.2", VNET_HOST_ADDR], "ping");
+    std::thread::sleep(Duration::from_secs(2));
+    let router = topo.client(0);
+    let roamed = "192.168.100.3";
+    router.ip(&["addr", "add", &format!("{roamed}/24"), "dev", CLIENT_IFNAME]);
+    router.ip(&["addr", "del", &format!("{home}/24"), "dev", CLIENT_IFNAME]);
+    pinger.wait_exit(Duration::from_secs(30)).expect("ping finishes");
+    let across = parse_ping_summary(&pinger.log_text());
+    eprintln!("ping loss {:.1}% across the move", across.loss_pct);
+    let after_move = ping(&lan, VNET_HOST_ADDR, 5, Duration::from_millis(200));
+    assert!(after_move.all_received(), "after the move: {}\n{}\n{}", after_move.output, client.log(), gw.log());
+
+    let moved = format!("new_peer={roamed}:");
+    gw.wait_for_line(&["client moved to a new address", "user=roamer", &moved], Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+    let after = session_of(&gw.sessions(), "roamer").cloned().expect("roamer's session after the move");
+    assert_eq!((&after["id"], &after["virtual_address"]), (&before["id"], &before["virtual_address"]), "{after}");
+    assert!(after["public_address"].as_str().unwrap().starts_with(&format!("{roamed}:")), "{after}");
+    assert_eq!(client.virtual_ip(), Some(address), "the same tunnel address");
+    assert_eq!(
+        client.log().matches("established between").count(),
+        1,
+        "the IKE SA was never re-established:\n{}",
+        client.log()
+    );
+}
+
 #[test]
 fn eap_mschapv2_through_freeradius_reaches_the_vnet() {
     let topo = Topology::new(2);

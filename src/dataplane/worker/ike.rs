@@ -312,11 +312,12 @@ impl Worker {
         }
     }
 
-    /// The client's address changed: its ESP goes to the new one.
+    /// The client's address changed: its ESP goes to the new one, and the control plane's
+    /// session record (the session list, accounting) says where it is.
     fn move_esp(&mut self, session: SessionId, local: SocketAddr, remote: SocketAddr) {
-        let Some(shared) = self.ike.as_ref().and_then(|ike| ike.sessions.get(&session)?.shared.clone()) else {
-            return;
-        };
+        let Some(entry) = self.ike.as_mut().and_then(|ike| ike.sessions.get_mut(&session)) else { return };
+        entry.remote = Some(remote);
+        let Some(shared) = entry.shared.clone() else { return };
         let Some((listener, from)) = self.nat_t_socket_for(local) else { return };
         // The same outbound SA (its sequence numbers go on), on the new route.
         let Some(current) = shared.esp.load_full() else { return };
@@ -329,6 +330,9 @@ impl Worker {
         };
         info!(worker = self.index, %remote, "IKEv2 client moved");
         shared.esp.store(Some(Arc::new(moved)));
+        let handle = handle_of(self.index, session);
+        let _ =
+            self.shared.to_control.send(ControlEvent::ClientMoved { handle, peer_id: shared.peer_id, peer: remote });
     }
 
     fn nat_t_socket_for(&self, local: SocketAddr) -> Option<(usize, Option<IpAddr>)> {
