@@ -381,11 +381,8 @@ fn a_client_whose_nat_address_changes_keeps_its_session() {
 
     let pinger = lan.spawn(&["ping", "-c", "40", "-i", "0.2", VNET_HOST_ADDR], "ping");
     std::thread::sleep(Duration::from_secs(2));
-    // The router's public address changes; the NAT mappings through the old one go with it.
-    let router = topo.client(0);
     let roamed = "192.168.100.3";
-    router.ip(&["addr", "add", &format!("{roamed}/24"), "dev", CLIENT_IFNAME]);
-    router.ip(&["addr", "del", &format!("{home}/24"), "dev", CLIENT_IFNAME]);
+    topo.renumber_nat(0, roamed);
     pinger.wait_exit(Duration::from_secs(30)).expect("ping finishes");
     let across = parse_ping_summary(&pinger.log_text());
     assert!(across.sent == 40 && across.received + 2 >= across.sent, "pings across the move: {}", across.output);

@@ -143,6 +143,14 @@ impl Topology {
         lan
     }
 
+    /// Gives the NAT router of [`Topology::behind_nat`] for client `k` the public address
+    /// `to` instead of its own (a new lease): the NAT mappings through the old one go with it.
+    pub fn renumber_nat(&self, k: usize, to: &str) {
+        let router = self.client(k);
+        router.ip(&["addr", "add", &format!("{to}/24"), "dev", CLIENT_IFNAME]);
+        router.ip(&["addr", "del", &format!("{}/24", client_addr(k)), "dev", CLIENT_IFNAME]);
+    }
+
     /// Names of all namespaces of this topology.
     pub fn namespace_names(&self) -> Vec<String> {
         let mut names = vec![self.gw.name().to_owned(), self.vnet.name().to_owned()];
