@@ -189,18 +189,7 @@ fn assert_no_allocation_per_tun_read(offload: bool) {
         let to = std::net::SocketAddr::from(([10, 99, 0, 2], 9));
         let payload = [0x38u8; 16 * 1400];
         let (sends, per_send) = if offload {
-            let segment: libc::c_int = 1400;
-            // SAFETY: setsockopt with an int option on our socket.
-            let rc = unsafe {
-                libc::setsockopt(
-                    sender.as_raw_fd(),
-                    libc::SOL_UDP,
-                    libc::UDP_SEGMENT,
-                    (&segment as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "UDP_SEGMENT");
+            p2sgw::dataplane::sys::set_udp_segment(sender.as_raw_fd(), 1400).expect("UDP_SEGMENT");
             (1, payload.len())
         } else {
             (16, 1400)

@@ -603,18 +603,7 @@ mod tests {
             ring.submit().unwrap();
 
             let sender = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
-            let segment: libc::c_int = 1200;
-            // SAFETY: setsockopt with an int option on our socket.
-            let rc = unsafe {
-                libc::setsockopt(
-                    sender.as_raw_fd(),
-                    libc::SOL_UDP,
-                    libc::UDP_SEGMENT,
-                    (&segment as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0);
+            sys::set_udp_segment(sender.as_raw_fd(), 1200).expect("UDP_SEGMENT");
             let burst: Vec<u8> = [1200, 1200, 1200, 500]
                 .into_iter()
                 .enumerate()

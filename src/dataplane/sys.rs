@@ -132,7 +132,14 @@ pub fn add_udp_segment(hdr: &mut libc::msghdr, control: &mut [u64; 8], segment: 
 /// Whether the kernel takes UDP GSO sends on this socket (Linux 4.18+): setting the
 /// socket's default segment size to 0 (none) changes nothing but fails without it.
 pub fn udp_gso_supported(fd: RawFd) -> bool {
-    set_int_opt(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok()
+    set_udp_segment(fd, 0).is_ok()
+}
+
+/// The socket's default UDP GSO segment size: every send longer than `size` leaves as
+/// datagrams of `size` bytes (0: none). The gateway sets it per send instead; tests and
+/// benches use it to make a burst arrive as one GSO packet.
+pub fn set_udp_segment(fd: RawFd, size: u16) -> io::Result<()> {
+    set_int_opt(fd, libc::SOL_UDP, libc::UDP_SEGMENT, libc::c_int::from(size))
 }
 
 /// Asks for UDP GRO on receive (Linux 5.0+): one receive may then bring several
